@@ -1,0 +1,1 @@
+"""Chatbot management platform."""

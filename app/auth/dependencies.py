@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+from fastapi.security import OAuth2PasswordBearer
+
+from app.auth import service
+from app.core.db import SessionDep
+from app.core.deps import SettingsDep
+from app.core.errors import AdminRequired
+from app.models import Role, User
+
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
+
+
+def current_user(
+    session: SessionDep,
+    settings: SettingsDep,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+) -> User:
+    return service.user_from_token(session, settings, token)
+
+
+def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
+    if user.role != Role.admin:
+        raise AdminRequired()
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+AdminUser = Annotated[User, Depends(admin_user)]

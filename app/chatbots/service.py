@@ -1,0 +1,92 @@
+"""Chatbots of a customer; every lookup is scoped to the caller's customer."""
+
+from __future__ import annotations
+
+import html
+import shutil
+import uuid
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.chatbots.schemas import ChatbotCreate, ChatbotUpdate
+from app.core.config import Settings
+from app.core.db import after_commit
+from app.core.errors import NotFound, ValidationFailed
+from app.core.schemas import PageParams
+from app.core.security import generate_api_key
+from app.models import Chatbot
+
+
+def get_owned_chatbot(
+    session: Session, customer_id: uuid.UUID, chatbot_id: uuid.UUID, *, for_update: bool = False
+) -> Chatbot:
+    """The one way to load a tenant's chatbot: another customer's answers like a missing one."""
+    query = select(Chatbot).where(Chatbot.id == chatbot_id, Chatbot.customer_id == customer_id)
+    if for_update:
+        query = query.with_for_update()
+    chatbot = session.scalar(query)
+    if chatbot is None:
+        raise NotFound("Chatbot not found.")
+    return chatbot
+
+
+def list_chatbots(
+    session: Session, customer_id: uuid.UUID, page: PageParams
+) -> tuple[list[Chatbot], int]:
+    scope = select(Chatbot).where(Chatbot.customer_id == customer_id)
+    total = session.scalar(select(func.count()).select_from(scope.subquery())) or 0
+    rows = session.scalars(
+        scope.order_by(Chatbot.created_at, Chatbot.id).limit(page.limit).offset(page.offset)
+    ).all()
+    return list(rows), total
+
+
+def create_chatbot(session: Session, customer_id: uuid.UUID, data: ChatbotCreate) -> Chatbot:
+    chatbot = Chatbot(customer_id=customer_id, api_key=generate_api_key(), **data.model_dump())
+    session.add(chatbot)
+    session.flush()
+    return chatbot
+
+
+def update_chatbot(session: Session, chatbot: Chatbot, data: ChatbotUpdate) -> Chatbot:
+    changes = data.model_dump(exclude_unset=True)
+    for required in ("name", "top_k", "allowed_origins"):
+        if required in changes and changes[required] is None:
+            raise ValidationFailed(f"{required} cannot be null.")
+    for field, value in changes.items():
+        setattr(chatbot, field, value)
+    session.flush()
+    return chatbot
+
+
+def rotate_key(session: Session, chatbot: Chatbot) -> Chatbot:
+    chatbot.api_key = generate_api_key()
+    session.flush()
+    return chatbot
+
+
+def delete_chatbot(session: Session, settings: Settings, chatbot: Chatbot) -> None:
+    """Rows go with the transaction (documents and history cascade); files and vectors after
+    it commits, so a failed delete loses nothing."""
+    folder = chatbot_upload_dir(settings, chatbot.customer_id, chatbot.id)
+    session.delete(chatbot)
+    session.flush()
+    after_commit(session, lambda: shutil.rmtree(folder, ignore_errors=True))
+
+
+def chatbot_upload_dir(settings: Settings, customer_id: uuid.UUID, chatbot_id: uuid.UUID) -> Path:
+    return settings.UPLOAD_DIR / str(customer_id) / str(chatbot_id)
+
+
+def snippet(settings: Settings, chatbot: Chatbot) -> tuple[str, str]:
+    base = settings.PUBLIC_BASE_URL.rstrip("/")
+    script_url = f"{base}/widget.js"
+    tag = (
+        f'<script src="{html.escape(script_url)}" '
+        f'data-chatbot-id="{chatbot.id}" '
+        f'data-api-key="{html.escape(chatbot.api_key)}" '
+        f'data-api-base="{html.escape(base)}" async></script>'
+    )
+    return script_url, tag

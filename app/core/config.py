@@ -1,0 +1,103 @@
+"""Application settings: the one place that reads the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRET_KEY = "dev-insecure-change-me"  # noqa: S105 - a marker, refused outside development
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- runtime ---
+    ENVIRONMENT: Literal["development", "test", "production"] = "development"
+    LOG_LEVEL: str = "INFO"
+    LOG_JSON: bool = True
+
+    # --- storage ---
+    DATABASE_URL: str = "sqlite:///./data/app.db"
+    DB_POOL_SIZE: int = Field(default=10, ge=1)
+    DB_MAX_OVERFLOW: int = Field(default=20, ge=0)
+    UPLOAD_DIR: Path = Path("uploads")
+    CHROMA_PATH: Path = Path("chroma_dbs")
+    CHROMA_URL: str | None = None
+
+    # --- auth ---
+    SECRET_KEY: str = PLACEHOLDER_SECRET_KEY
+    ALGORITHM: Literal["HS256", "HS384", "HS512"] = "HS256"
+    ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(default=60, ge=1)
+    LOGIN_MAX_FAILURES: int = Field(default=5, ge=1)
+    LOGIN_LOCKOUT_SECONDS: int = Field(default=300, ge=1)
+
+    # --- product ---
+    PUBLIC_BASE_URL: str = "http://localhost:8000"
+    SIGNUP_TOKENS: int = Field(default=100_000, ge=0)
+    CORS_ALLOW_ORIGINS: list[str] = Field(default_factory=list)
+
+    # --- ingestion ---
+    MAX_UPLOAD_MB: int = Field(default=25, ge=1)
+    INGEST_WORKERS: int = Field(default=1, ge=0)
+    INGEST_POLL_SECONDS: float = Field(default=1.0, gt=0)
+    INGEST_LEASE_SECONDS: int = Field(default=300, ge=5)
+    INGEST_MAX_ATTEMPTS: int = Field(default=3, ge=1)
+    EXTRACT_TIMEOUT_SECONDS: int = Field(default=120, ge=1)
+    EXTRACT_MAX_MEMORY_MB: int = Field(default=2048, ge=128)
+    PDF_MAX_PAGES: int = Field(default=2000, ge=1)
+    MAX_EXTRACTED_CHARS: int = Field(default=20_000_000, ge=1000)
+    CHUNK_SIZE: int = Field(default=1000, ge=100)
+    CHUNK_OVERLAP: int = Field(default=150, ge=0)
+
+    # --- embeddings ---
+    EMBEDDING_MODEL: str = "intfloat/multilingual-e5-large"
+    EMBEDDING_DEVICE: str = "cpu"
+    EMBEDDING_BATCH_SIZE: int = Field(default=32, ge=1)
+
+    # --- answering ---
+    FIREWORKS_API_KEY: str | None = None
+    LLM_MODEL: str = "accounts/fireworks/models/qwen2p5-coder-32b-instruct"
+    LLM_BASE_URL: str = "https://api.fireworks.ai/inference/v1"
+    LLM_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0)
+    LLM_MAX_RETRIES: int = Field(default=2, ge=0)
+    LLM_MAX_TOKENS: int = Field(default=1024, ge=1)
+    LLM_TEMPERATURE: float = Field(default=0.2, ge=0, le=2)
+    HISTORY_TURNS: int = Field(default=4, ge=0)
+    MIN_SCORE: float = Field(default=0.0, ge=-1, le=1)
+    FALLBACK_MESSAGE: str = "I could not find anything about that in the documents I was given."
+    SSE_HEARTBEAT_SECONDS: float = Field(default=15.0, gt=0)
+    DEMO_MESSAGE_LIMIT: int = Field(default=10, ge=0)
+
+    # --- rate limits ---
+    RATE_LIMIT_STORAGE_URL: str = "memory://"
+    RATE_LIMIT_PUBLIC_PER_CLIENT: str = "60/minute"
+    RATE_LIMIT_PUBLIC_PER_CHATBOT: str = "600/minute"
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secret(self) -> Settings:
+        if self.ENVIRONMENT != "development" and self.SECRET_KEY == PLACEHOLDER_SECRET_KEY:
+            raise ValueError(
+                "SECRET_KEY is the development placeholder; set a random SECRET_KEY "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`) "
+                f"when ENVIRONMENT={self.ENVIRONMENT}"
+            )
+        if self.CHUNK_OVERLAP >= self.CHUNK_SIZE:
+            raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.DATABASE_URL.startswith("sqlite")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.MAX_UPLOAD_MB * 1024 * 1024
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

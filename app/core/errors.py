@@ -1,0 +1,146 @@
+"""Domain errors: one hierarchy, mapped to HTTP by a single exception handler."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AppError(Exception):
+    """Base of every error a client may see. `detail` is a sentence a person can act on."""
+
+    status_code: int = 400
+    code: str = "bad_request"
+    default_detail: str = "The request could not be processed."
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None):
+        self.detail = detail or self.default_detail
+        self.headers = headers
+        super().__init__(self.detail)
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail, "code": self.code}
+
+
+class NotFound(AppError):
+    status_code = 404
+    code = "not_found"
+    default_detail = "Not found."
+
+
+class Conflict(AppError):
+    status_code = 409
+    code = "conflict"
+    default_detail = "The request conflicts with the current state."
+
+
+class InvalidCredentials(AppError):
+    status_code = 401
+    code = "invalid_credentials"
+    default_detail = "Incorrect username or password."
+
+    def __init__(self, detail: str | None = None):
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotAuthenticated(AppError):
+    status_code = 401
+    code = "not_authenticated"
+    default_detail = "Missing or invalid credentials."
+
+    def __init__(self, detail: str | None = None):
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class InvalidApiKey(AppError):
+    status_code = 401
+    code = "invalid_api_key"
+    default_detail = "Missing or wrong API key; send the chatbot's key in the X-API-Key header."
+
+
+class Forbidden(AppError):
+    status_code = 403
+    code = "forbidden"
+    default_detail = "You are not allowed to do this."
+
+
+class AdminRequired(Forbidden):
+    code = "admin_required"
+    default_detail = "Only an admin of this customer can do this."
+
+
+class OriginNotAllowed(Forbidden):
+    code = "origin_not_allowed"
+    default_detail = "This website's origin is not in the chatbot's allowed_origins."
+
+
+class ValidationFailed(AppError):
+    status_code = 422
+    code = "validation_error"
+    default_detail = "The request is not valid."
+
+
+class PayloadTooLarge(AppError):
+    status_code = 413
+    code = "file_too_large"
+    default_detail = "The file is too large."
+
+
+class UnsupportedMediaType(AppError):
+    status_code = 415
+    code = "unsupported_file_type"
+    default_detail = "This file type is not supported."
+
+
+class RateLimited(AppError):
+    status_code = 429
+    code = "rate_limited"
+    default_detail = "Too many requests; retry later."
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1):
+        self.retry_after = max(1, int(retry_after))
+        super().__init__(detail, headers={"Retry-After": str(self.retry_after)})
+
+
+class TooManyLoginAttempts(RateLimited):
+    code = "too_many_attempts"
+    default_detail = "Too many failed sign-in attempts; wait before trying again."
+
+
+class DemoLimitReached(RateLimited):
+    code = "demo_limit_reached"
+    default_detail = "This chatbot has used all of its free demo messages."
+
+
+class InsufficientTokens(AppError):
+    status_code = 402
+    code = "insufficient_tokens"
+    default_detail = "Not enough tokens left for this request; buy a token pack to continue."
+
+
+class ServiceUnavailable(AppError):
+    status_code = 503
+    code = "service_unavailable"
+    default_detail = "A service this request needs is unavailable; retry later."
+
+
+class LLMUnavailable(ServiceUnavailable):
+    code = "llm_unavailable"
+    default_detail = (
+        "The language model is unavailable right now; nothing was charged. Retry later."
+    )
+
+
+# Error responses declared in the OpenAPI document, route by route.
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "Bad request",
+    401: "Not authenticated",
+    402: "Not enough tokens",
+    403: "Forbidden",
+    404: "Not found (or owned by another customer)",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Validation error",
+    429: "Too many requests (see Retry-After)",
+    503: "Service unavailable",
+}

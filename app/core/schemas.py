@@ -1,0 +1,73 @@
+"""Shared schema building blocks: the base model, bounded strings, pagination."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Generic, TypeVar
+
+from fastapi import Depends, Query
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class Schema(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _strip_no_nul(value: str) -> str:
+    return _no_nul(value).strip()
+
+
+def _not_blank(value: str) -> str:
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
+# Combine with Field(max_length=...) at the field, e.g.
+# `name: Annotated[StrippedStr, Field(max_length=200)]`.
+CleanStr = Annotated[str, AfterValidator(_no_nul)]
+StrippedStr = Annotated[str, AfterValidator(_strip_no_nul), AfterValidator(_not_blank)]
+
+
+class Page(Schema, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class PageParams(BaseModel):
+    limit: int
+    offset: int
+
+
+def page_params(
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size (1-200).")] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip.")] = 0,
+) -> PageParams:
+    return PageParams(limit=limit, offset=offset)
+
+
+Pagination = Annotated[PageParams, Depends(page_params)]
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="A sentence a person can act on.")
+    code: str = Field(description="A stable snake_case error code.")
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error statuses a route can answer."""
+    from app.core.errors import ERROR_DESCRIPTIONS
+
+    return {
+        status: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[status]}
+        for status in statuses
+    }

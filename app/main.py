@@ -1,0 +1,63 @@
+"""The FastAPI application: routers, middleware, exception handlers, lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.auth.router import router as auth_router
+from app.chatbots.router import router as chatbots_router
+from app.core.config import Settings, get_settings
+from app.core.db import get_database
+from app.core.handlers import install_handlers
+from app.core.logging import configure_logging
+from app.core.middleware import RequestContextMiddleware
+from app.core.ratelimit import RateLimiter
+from app.ops.router import router as ops_router
+from app.users.router import router as users_router
+
+log = logging.getLogger("app")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    settings.UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    app.state.limiter = RateLimiter(settings.RATE_LIMIT_STORAGE_URL)
+    app.state.readiness_probes = {}
+    log.info("started", extra={"environment": settings.ENVIRONMENT})
+    try:
+        yield
+    finally:
+        get_database().dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.LOG_LEVEL, settings.LOG_JSON)
+    app = FastAPI(
+        title="Chatbot management platform",
+        version="0.1.0",
+        description="Multi-tenant chatbots answering from each customer's own documents.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_handlers(app)
+    if settings.CORS_ALLOW_ORIGINS:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.CORS_ALLOW_ORIGINS,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(RequestContextMiddleware)
+    for router in (ops_router, auth_router, users_router, chatbots_router):
+        app.include_router(router)
+    return app
+
+
+app = create_app()

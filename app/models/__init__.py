@@ -1,0 +1,22 @@
+"""All ORM models, imported together so relationships and Alembic see every table."""
+
+from app.models.base import Base
+from app.models.billing import Billing
+from app.models.chat_history import ChatHistory
+from app.models.chatbot import Chatbot
+from app.models.customer import Customer
+from app.models.document import Document
+from app.models.usage_token import UsageToken
+from app.models.user import Role, User
+
+__all__ = [
+    "Base",
+    "Billing",
+    "ChatHistory",
+    "Chatbot",
+    "Customer",
+    "Document",
+    "Role",
+    "UsageToken",
+    "User",
+]

@@ -1,0 +1,71 @@
+"""A customer's users: list, add, remove (admins only for the last two)."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.auth.service import UsernameTaken
+from app.core.errors import Conflict, NotFound
+from app.core.schemas import PageParams
+from app.core.security import hash_password
+from app.models import Role, User
+from app.users.schemas import UserCreate
+
+
+def list_users(
+    session: Session, customer_id: uuid.UUID, page: PageParams
+) -> tuple[list[User], int]:
+    scope = select(User).where(User.customer_id == customer_id)
+    total = session.scalar(select(func.count()).select_from(scope.subquery())) or 0
+    rows = session.scalars(
+        scope.order_by(User.created_at, User.id).limit(page.limit).offset(page.offset)
+    ).all()
+    return list(rows), total
+
+
+def create_user(session: Session, customer_id: uuid.UUID, data: UserCreate) -> User:
+    if session.scalar(select(User.id).where(User.username == data.username)) is not None:
+        raise UsernameTaken()
+    user = User(
+        username=data.username,
+        password_hash=hash_password(data.password),
+        customer_id=customer_id,
+        role=data.role,
+    )
+    session.add(user)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise UsernameTaken() from exc
+    return user
+
+
+def get_owned_user(session: Session, customer_id: uuid.UUID, user_id: uuid.UUID) -> User:
+    user = session.scalar(select(User).where(User.id == user_id, User.customer_id == customer_id))
+    if user is None:
+        raise NotFound("User not found.")
+    return user
+
+
+class LastAdmin(Conflict):
+    code = "last_admin"
+    default_detail = "This is the customer's last admin; make another user admin first."
+
+
+def delete_user(session: Session, customer_id: uuid.UUID, user_id: uuid.UUID) -> None:
+    user = get_owned_user(session, customer_id, user_id)
+    if user.role == Role.admin:
+        # Lock the customer's admins so two concurrent deletions cannot remove both.
+        admins = session.scalars(
+            select(User.id)
+            .where(User.customer_id == customer_id, User.role == Role.admin)
+            .with_for_update()
+        ).all()
+        if len(admins) <= 1:
+            raise LastAdmin()
+    session.delete(user)
+    session.flush()
