@@ -69,9 +69,7 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # OpenAI "content parts"
-        return " ".join(
-            str(part.get("text") or "") for part in content if isinstance(part, dict)
-        )
+        return " ".join(str(part.get("text") or "") for part in content if isinstance(part, dict))
     return ""
 
 
@@ -191,6 +189,7 @@ class FakeLLMServer:
             loop="asyncio",
             http="h11",
             ws="none",
+            interface="asgi3",
             lifespan="off",
             log_config=None,
             access_log=False,
@@ -444,7 +443,11 @@ class FakeLLMServer:
         async def event(data: dict[str, Any] | str) -> None:
             text = data if isinstance(data, str) else json.dumps(data)
             await send(
-                {"type": "http.response.body", "body": f"data: {text}\n\n".encode(), "more_body": True}
+                {
+                    "type": "http.response.body",
+                    "body": f"data: {text}\n\n".encode(),
+                    "more_body": True,
+                }
             )
 
         for i, piece in enumerate(split_pieces(answer)):

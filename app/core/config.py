@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRET_KEY = "dev-insecure-change-me"  # noqa: S105 - a marker, refused outside development
@@ -27,6 +27,13 @@ class Settings(BaseSettings):
     UPLOAD_DIR: Path = Path("uploads")
     CHROMA_PATH: Path = Path("chroma_dbs")
     CHROMA_URL: str | None = None
+
+    @field_validator(
+        "CHROMA_URL", "FIREWORKS_API_KEY", "CHUNK_SIZE", "CHUNK_OVERLAP", mode="before"
+    )
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     # --- auth ---
     SECRET_KEY: str = PLACEHOLDER_SECRET_KEY
@@ -50,8 +57,9 @@ class Settings(BaseSettings):
     EXTRACT_MAX_MEMORY_MB: int = Field(default=2048, ge=128)
     PDF_MAX_PAGES: int = Field(default=2000, ge=1)
     MAX_EXTRACTED_CHARS: int = Field(default=20_000_000, ge=1000)
-    CHUNK_SIZE: int = Field(default=1000, ge=100)
-    CHUNK_OVERLAP: int = Field(default=150, ge=0)
+    # In tokens of the embedding model; None: fitted to the model's max sequence length.
+    CHUNK_SIZE: int | None = Field(default=None, ge=32)
+    CHUNK_OVERLAP: int | None = Field(default=None, ge=0)
 
     # --- embeddings ---
     EMBEDDING_MODEL: str = "intfloat/multilingual-e5-large"
@@ -85,7 +93,7 @@ class Settings(BaseSettings):
                 "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`) "
                 f"when ENVIRONMENT={self.ENVIRONMENT}"
             )
-        if self.CHUNK_OVERLAP >= self.CHUNK_SIZE:
+        if self.CHUNK_SIZE and self.CHUNK_OVERLAP and self.CHUNK_OVERLAP >= self.CHUNK_SIZE:
             raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
         return self
 

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from tests.factories import register
+
+
+def test_health_and_ready(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["database"] == "ok"
+
+
+def test_request_id_is_echoed_or_generated(client):
+    response = client.get("/health", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+    generated = client.get("/health", headers={"X-Request-ID": "bad id with spaces"})
+    assert generated.headers["x-request-id"] != "bad id with spaces"
+    assert len(generated.headers["x-request-id"]) == 16
+
+
+def test_unknown_route_and_method_use_error_shape(client):
+    missing = client.get("/no/such/path")
+    assert missing.status_code == 404
+    assert set(missing.json()) == {"detail", "code"}
+    wrong_method = client.put("/auth/register", json={})
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["code"] == "method_not_allowed"
+
+
+def test_malformed_json_body_is_422_not_500(client):
+    response = client.post(
+        "/auth/register", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == "validation_error"
+
+
+def test_unexpected_errors_hide_the_stack_trace(app):
+    from fastapi.testclient import TestClient
+
+    @app.get("/__boom_for_test")
+    def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    with TestClient(app, raise_server_exceptions=False) as local:
+        response = local.get("/__boom_for_test")
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") != "/__boom_for_test"]
+    assert response.status_code == 500
+    assert response.json() == {
+        "detail": "Internal server error; the error was logged.",
+        "code": "internal_error",
+    }
+    assert "secret internals" not in response.text
+
+
+def test_openapi_declares_error_responses(client):
+    spec = client.get("/openapi.json").json()
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            if path in ("/health", "/metrics"):
+                continue
+            declared = {int(code) for code in op["responses"] if code.isdigit()}
+            assert declared & {401, 404, 409, 422, 429, 503}, (method, path)
+    tokens = spec["paths"]["/auth/token"]["post"]["responses"]
+    assert {"200", "401", "429"} <= set(tokens)
+    schema = tokens["401"]["content"]["application/json"]["schema"]["$ref"]
+    assert schema.endswith("/ErrorBody")
+    assert client.get("/docs").status_code == 200
+
+
+def test_metrics_expose_request_counts(client):
+    register(client)
+    text = client.get("/metrics").text
+    assert "http_requests_total" in text
+    assert 'route="/auth/register"' in text
