@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -17,7 +18,10 @@ from app.core.handlers import install_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.ratelimit import RateLimiter
+from app.documents.router import router as documents_router
 from app.ops.router import router as ops_router
+from app.rag.loaders import shutdown_extractors
+from app.runtime import Runtime
 from app.users.router import router as users_router
 
 log = logging.getLogger("app")
@@ -28,11 +32,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     settings.UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
     app.state.limiter = RateLimiter(settings.RATE_LIMIT_STORAGE_URL)
-    app.state.readiness_probes = {}
+    runtime = await anyio.to_thread.run_sync(Runtime.build, settings)
+    runtime.start(get_database())
+    app.state.runtime = runtime
+    app.state.readiness_probes = runtime.readiness_probes()
     log.info("started", extra={"environment": settings.ENVIRONMENT})
     try:
         yield
     finally:
+        await runtime.stop()
+        await anyio.to_thread.run_sync(shutdown_extractors)
         get_database().dispose()
 
 
@@ -55,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
         )
     app.add_middleware(RequestContextMiddleware)
-    for router in (ops_router, auth_router, users_router, chatbots_router):
+    for router in (ops_router, auth_router, users_router, chatbots_router, documents_router):
         app.include_router(router)
     return app
 

@@ -38,9 +38,13 @@ SHARED = ROOT.parent / "shared"
 
 
 def _postgres_admin_url() -> str | None:
-    url = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    url = os.environ.get(
+        "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+    )
     try:
-        engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+        engine = sa.create_engine(
+            url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+        )
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
         engine.dispose()
@@ -162,3 +166,21 @@ def db_session(database: str):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def settings(app):  # type: ignore[no-untyped-def]
     return app.state.settings
+
+
+@pytest.fixture(scope="session")
+def runtime(client):  # type: ignore[no-untyped-def]
+    """The app's process-wide clients (model, vector store, workers), model loaded."""
+    runtime = client.app.state.runtime
+    runtime.embedder.load()
+    return runtime
+
+
+@pytest.fixture
+def paused_workers(runtime):  # type: ignore[no-untyped-def]
+    """Stop the app's embedded ingest workers for the test (they are restarted after)."""
+    from app.core.db import get_database
+
+    runtime.workers.stop()
+    yield runtime
+    runtime.start_workers(get_database())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -70,3 +72,38 @@ def create_chatbot(client: TestClient, tenant: Tenant, **fields: Any) -> dict[st
     response = client.post("/api/chatbots", json=body, headers=tenant.headers)
     assert response.status_code == 201, response.text
     return dict(response.json())
+
+
+def upload(
+    client: TestClient,
+    tenant: Tenant,
+    chatbot_id: str,
+    path: Path,
+    filename: str | None = None,
+    expect: int = 202,
+) -> dict[str, Any]:
+    with open(path, "rb") as handle:
+        response = client.post(
+            f"/api/upload/{chatbot_id}",
+            files={"file": (filename or path.name, handle, "application/octet-stream")},
+            headers=tenant.headers,
+        )
+    assert response.status_code == expect, response.text
+    return dict(response.json())
+
+
+def wait_for_document(
+    client: TestClient, tenant: Tenant, chatbot_id: str, document_id: str, timeout: float = 180
+) -> dict[str, Any]:
+    """Poll until the document is ready or failed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(
+            f"/api/chatbots/{chatbot_id}/documents/{document_id}", headers=tenant.headers
+        )
+        assert response.status_code == 200, response.text
+        body = dict(response.json())
+        if body["status"] in ("ready", "failed"):
+            return body
+        assert time.monotonic() < deadline, f"document still {body['status']}: {body}"
+        time.sleep(0.2)

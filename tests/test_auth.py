@@ -196,7 +196,12 @@ def test_alg_none_rejected(client):
     def b64(obj: dict) -> str:  # type: ignore[type-arg]
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
 
-    claims = {"sub": tenant.user["id"], "customer_id": tenant.customer_id, "iat": now, "exp": now + 60}
+    claims = {
+        "sub": tenant.user["id"],
+        "customer_id": tenant.customer_id,
+        "iat": now,
+        "exp": now + 60,
+    }
     for alg in ("none", "None", "NONE"):
         token = f"{b64({'alg': alg, 'typ': 'JWT'})}.{b64(claims)}."
         r = client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
@@ -232,3 +237,11 @@ def test_missing_token_is_401(client):
     assert response.json()["code"] == "not_authenticated"
     garbage = client.get("/auth/me", headers={"Authorization": "Bearer not.a.jwt"})
     assert garbage.status_code == 401
+
+
+def test_sign_in_with_nul_or_oversized_fields_is_422(client):
+    nul = client.post("/auth/token", data={"username": "alice\x00", "password": "whatever-1"})
+    assert nul.status_code == 422
+    assert nul.json()["code"] == "validation_error"
+    long = client.post("/auth/token", data={"username": "alice", "password": "x" * 100_000})
+    assert long.status_code == 422

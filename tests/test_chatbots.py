@@ -166,3 +166,18 @@ def test_malformed_id_is_422(client):
     response = client.get("/api/chatbots/not-a-uuid", headers=tenant.headers)
     assert response.status_code == 422
     assert response.json()["code"] == "validation_error"
+
+
+def test_invalid_origins_rejected(client):
+    tenant = register(client)
+    for origin in ("https://exa mple.com", "https://a.example:99999", "ftp://a.example"):
+        response = client.post(
+            "/api/chatbots", json={"name": "x", "allowed_origins": [origin]}, headers=tenant.headers
+        )
+        assert response.status_code == 422, origin
+    ok = client.post(
+        "/api/chatbots",
+        json={"name": "x", "allowed_origins": ["http://localhost:3000", "https://[::1]:8443"]},
+        headers=tenant.headers,
+    )
+    assert ok.status_code == 201, ok.text

@@ -44,7 +44,9 @@ def test_unexpected_errors_hide_the_stack_trace(app):
 
     with TestClient(app, raise_server_exceptions=False) as local:
         response = local.get("/__boom_for_test")
-    app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") != "/__boom_for_test"]
+    app.router.routes = [
+        r for r in app.router.routes if getattr(r, "path", "") != "/__boom_for_test"
+    ]
     assert response.status_code == 500
     assert response.json() == {
         "detail": "Internal server error; the error was logged.",
@@ -73,3 +75,34 @@ def test_metrics_expose_request_counts(client):
     text = client.get("/metrics").text
     assert "http_requests_total" in text
     assert 'route="/auth/register"' in text
+
+
+def test_internal_error_carries_request_id(app):
+    from fastapi.testclient import TestClient
+
+    @app.get("/__boom_with_id")
+    def boom() -> None:
+        raise ValueError("hidden")
+
+    with TestClient(app, raise_server_exceptions=False) as local:
+        response = local.get("/__boom_with_id", headers={"X-Request-ID": "trace-500"})
+    app.router.routes = [
+        r for r in app.router.routes if getattr(r, "path", "") != "/__boom_with_id"
+    ]
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "trace-500"
+    assert "hidden" not in response.text
+
+
+def test_times_are_utc_whatever_the_session_timezone(client, db_session, is_postgres):
+    from sqlalchemy import text
+
+    from app.models import Customer
+
+    tenant = register(client)
+    if is_postgres:
+        db_session.execute(text("SET TIME ZONE 'America/New_York'"))
+    customer = db_session.get(Customer, __import__("uuid").UUID(tenant.customer_id))
+    assert customer.created_at.utcoffset().total_seconds() == 0
+    me = client.get("/auth/me", headers=tenant.headers).json()
+    assert me["created_at"].endswith("Z")

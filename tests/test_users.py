@@ -50,7 +50,9 @@ def test_last_admin_cannot_be_deleted(client, db_session):
     assert db_session.get(User, uuid.UUID(admin.user["id"])) is not None
 
     second = add_user(client, admin, role="admin")
-    assert client.delete(f"/api/users/{admin.user['id']}", headers=second.headers).status_code == 204
+    assert (
+        client.delete(f"/api/users/{admin.user['id']}", headers=second.headers).status_code == 204
+    )
     assert db_session.get(User, uuid.UUID(admin.user["id"])) is None
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import EmailStr, Field
 
-from app.core.schemas import CleanStr, Schema, StrippedStr
+from app.core.schemas import NoNul, NotBlank, Schema, StripNoNul
 from app.models.user import Role
 
 Username = Annotated[
@@ -20,10 +20,11 @@ Username = Annotated[
     ),
 ]
 Password = Annotated[
-    CleanStr,
+    str,
     Field(
         min_length=8, max_length=256, description="At least 8 characters.", examples=["s3cret-pass"]
     ),
+    NoNul,
 ]
 
 
@@ -49,7 +50,9 @@ class Me(User):
 class RegisterRequest(Schema):
     username: Username
     password: Password
-    customer_name: Annotated[StrippedStr, Field(max_length=200, examples=["Acme Inc."])]
+    customer_name: Annotated[
+        str, Field(max_length=200, examples=["Acme Inc."]), StripNoNul, NotBlank
+    ]
     contact_email: Annotated[EmailStr, Field(max_length=320, examples=["ops@acme.example.com"])]
 
 

@@ -11,7 +11,13 @@ from sqlalchemy.orm import Session
 from app.auth.schemas import RegisterRequest
 from app.core import security
 from app.core.config import Settings
-from app.core.errors import Conflict, InvalidCredentials, NotAuthenticated, TooManyLoginAttempts
+from app.core.errors import (
+    Conflict,
+    InvalidCredentials,
+    NotAuthenticated,
+    TooManyLoginAttempts,
+    ValidationFailed,
+)
 from app.core.ratelimit import RateLimiter, login_failure_limit
 from app.models import Customer, Role, UsageToken, User
 
@@ -69,8 +75,13 @@ def authenticate(
     client_ip: str,
 ) -> User:
     """Check a password, throttling repeated failures per username and per client IP."""
+    if "\x00" in username or "\x00" in password or len(username) > 64 or len(password) > 256:
+        raise ValidationFailed(
+            "username (at most 64 characters) and password (at most 256) must not contain NUL."
+        )
     limit = login_failure_limit(settings)
-    keys = (("login-user", username.lower()), ("login-ip", client_ip))
+    # Exact username: sign-in matches it exactly, so other spellings are other accounts.
+    keys = (("login-user", username), ("login-ip", client_ip))
     for key in keys:
         decision = limiter.is_blocked(limit, *key)
         if not decision.allowed:

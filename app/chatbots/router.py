@@ -11,6 +11,7 @@ from app.chatbots.schemas import ApiKey, Chatbot, ChatbotCreate, ChatbotUpdate, 
 from app.core.db import SessionDep
 from app.core.deps import SettingsDep
 from app.core.schemas import Page, Pagination, errors
+from app.runtime import RuntimeDep
 
 router = APIRouter(prefix="/api/chatbots", tags=["chatbots"])
 
@@ -54,10 +55,14 @@ def update_chatbot(data: ChatbotUpdate, chatbot: OwnedChatbot, session: SessionD
     summary="Delete a chatbot with its documents, files, vectors and history (admin)",
 )
 def delete_chatbot(
-    chatbot_id: uuid.UUID, admin: AdminUser, session: SessionDep, settings: SettingsDep
+    chatbot_id: uuid.UUID,
+    admin: AdminUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
 ) -> Response:
     chatbot = service.get_owned_chatbot(session, admin.customer_id, chatbot_id)
-    service.delete_chatbot(session, settings, chatbot)
+    service.delete_chatbot(session, settings, runtime.store, chatbot)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
-from app.core.schemas import CleanStr, Schema, StrippedStr
+from app.core.schemas import NoNul, NotBlank, Schema, StripNoNul
+
+_HOST = re.compile(
+    r"^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$|^[0-9a-f:.]+$"
+)
 
 
 def _origin(value: str) -> str:
@@ -16,22 +21,29 @@ def _origin(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("an origin looks like https://www.example.com (scheme and host)")
+    try:
+        parts.port  # noqa: B018 - raises ValueError when out of range
+    except ValueError as exc:
+        raise ValueError("the origin's port is not valid") from exc
+    if not _HOST.match(parts.hostname):
+        raise ValueError("the origin's host name is not valid")
     if parts.path or parts.query or parts.fragment or parts.username:
         raise ValueError("an origin has no path, query or credentials: https://www.example.com")
     return value
 
 
-Origin = Annotated[CleanStr, Field(max_length=255), AfterValidator(_origin)]
-ChatbotName = Annotated[StrippedStr, Field(max_length=200, examples=["Support bot"])]
-Description = Annotated[CleanStr, Field(max_length=2000)]
+Origin = Annotated[str, Field(max_length=255), NoNul, AfterValidator(_origin)]
+ChatbotName = Annotated[str, Field(max_length=200, examples=["Support bot"]), StripNoNul, NotBlank]
+Description = Annotated[str, Field(max_length=2000), NoNul]
 SystemPrompt = Annotated[
-    CleanStr,
+    str,
     Field(max_length=8000, examples=["You are Acme's friendly support assistant."]),
+    NoNul,
 ]
 Temperature = Annotated[float, Field(ge=0, le=2)]
 TopK = Annotated[int, Field(ge=1, le=20)]
 Origins = Annotated[list[Origin], Field(max_length=50, examples=[["https://www.acme.example"]])]
-WelcomeMessage = Annotated[CleanStr, Field(max_length=1000)]
+WelcomeMessage = Annotated[str, Field(max_length=1000), NoNul]
 
 
 class ChatbotCreate(Schema):
@@ -46,6 +58,13 @@ class ChatbotCreate(Schema):
 
 class ChatbotUpdate(Schema):
     """Only the fields sent are changed; `null` clears an optional field."""
+
+    @model_validator(mode="after")
+    def _required_not_null(self) -> ChatbotUpdate:
+        for name in ("name", "top_k", "allowed_origins"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
 
     name: ChatbotName | None = None
     description: Description | None = None

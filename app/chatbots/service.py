@@ -13,10 +13,11 @@ from sqlalchemy.orm import Session
 from app.chatbots.schemas import ChatbotCreate, ChatbotUpdate
 from app.core.config import Settings
 from app.core.db import after_commit
-from app.core.errors import NotFound, ValidationFailed
+from app.core.errors import NotFound
 from app.core.schemas import PageParams
 from app.core.security import generate_api_key
 from app.models import Chatbot
+from app.rag.vector_store import VectorStore
 
 
 def get_owned_chatbot(
@@ -52,9 +53,6 @@ def create_chatbot(session: Session, customer_id: uuid.UUID, data: ChatbotCreate
 
 def update_chatbot(session: Session, chatbot: Chatbot, data: ChatbotUpdate) -> Chatbot:
     changes = data.model_dump(exclude_unset=True)
-    for required in ("name", "top_k", "allowed_origins"):
-        if required in changes and changes[required] is None:
-            raise ValidationFailed(f"{required} cannot be null.")
     for field, value in changes.items():
         setattr(chatbot, field, value)
     session.flush()
@@ -67,13 +65,21 @@ def rotate_key(session: Session, chatbot: Chatbot) -> Chatbot:
     return chatbot
 
 
-def delete_chatbot(session: Session, settings: Settings, chatbot: Chatbot) -> None:
+def delete_chatbot(
+    session: Session, settings: Settings, store: VectorStore, chatbot: Chatbot
+) -> None:
     """Rows go with the transaction (documents and history cascade); files and vectors after
     it commits, so a failed delete loses nothing."""
     folder = chatbot_upload_dir(settings, chatbot.customer_id, chatbot.id)
+    chatbot_id = chatbot.id
     session.delete(chatbot)
     session.flush()
-    after_commit(session, lambda: shutil.rmtree(folder, ignore_errors=True))
+
+    def cleanup() -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        store.delete_chatbot(chatbot_id)
+
+    after_commit(session, cleanup)
 
 
 def chatbot_upload_dir(settings: Settings, customer_id: uuid.UUID, chatbot_id: uuid.UUID) -> Path:

@@ -25,8 +25,10 @@ def build_engine(settings: Settings) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    connect_args = {"options": "-c timezone=utc"} if url.get_backend_name() == "postgresql" else {}
     return create_engine(
         url,
+        connect_args=connect_args,
         pool_size=settings.DB_POOL_SIZE,
         max_overflow=settings.DB_MAX_OVERFLOW,
         pool_pre_ping=True,

@@ -123,6 +123,11 @@ class ServiceUnavailable(AppError):
     default_detail = "A service this request needs is unavailable; retry later."
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"
+    default_detail = "The database is unavailable right now; retry later."
+
+
 class LLMUnavailable(ServiceUnavailable):
     code = "llm_unavailable"
     default_detail = (
@@ -142,5 +147,6 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     415: "Unsupported media type",
     422: "Validation error",
     429: "Too many requests (see Retry-After)",
+    500: "Internal error (logged with the request id)",
     503: "Service unavailable",
 }

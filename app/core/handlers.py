@@ -9,9 +9,10 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.core.errors import AppError
+from app.core.errors import AppError, DatabaseUnavailable
 
 log = logging.getLogger("app.errors")
 
@@ -60,6 +61,12 @@ async def http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def database_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("database unavailable: %s", type(exc).__name__)
+    error = DatabaseUnavailable()
+    return JSONResponse(error.body(), status_code=error.status_code, headers={"Retry-After": "5"})
+
+
 async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(
@@ -72,4 +79,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, app_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(OperationalError, database_error_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -22,6 +23,9 @@ LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+INTERNAL_ERROR_BODY = json.dumps(
+    {"detail": "Internal server error; the error was logged.", "code": "internal_error"}
+).encode()
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -44,6 +48,7 @@ class RequestContextMiddleware:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
+                status_holder["started"] = True
                 LATENCY.labels(scope["method"], _route(scope)).observe(
                     time.perf_counter() - started
                 )
@@ -54,6 +59,20 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            # Answer here rather than in Starlette's outermost handler, so the 500 carries the
+            # request id too; the trace goes to the log only.
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if status_holder.get("started"):
+                raise
+            await send_wrapper(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send_wrapper({"type": "http.response.body", "body": INTERNAL_ERROR_BODY})
         finally:
             route = _route(scope)
             REQUESTS.labels(scope["method"], route, str(status_holder["status"])).inc()

@@ -30,10 +30,11 @@ def _not_blank(value: str) -> str:
     return value
 
 
-# Combine with Field(max_length=...) at the field, e.g.
-# `name: Annotated[StrippedStr, Field(max_length=200)]`.
-CleanStr = Annotated[str, AfterValidator(_no_nul)]
-StrippedStr = Annotated[str, AfterValidator(_strip_no_nul), AfterValidator(_not_blank)]
+# Validators to put AFTER the Field(...) constraints at the field, so length errors read as
+# characters: `name: Annotated[str, Field(max_length=200), NoNul]`.
+NoNul = AfterValidator(_no_nul)
+StripNoNul = AfterValidator(_strip_no_nul)
+NotBlank = AfterValidator(_not_blank)
 
 
 class Page(Schema, Generic[T]):
@@ -63,11 +64,24 @@ class ErrorBody(BaseModel):
     code: str = Field(description="A stable snake_case error code.")
 
 
+class ValidationErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(ErrorBody):
+    errors: list[ValidationErrorItem] = Field(description="Each invalid field.")
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for the error statuses a route can answer."""
+    """OpenAPI `responses` for the error statuses a route can answer (500 always)."""
     from app.core.errors import ERROR_DESCRIPTIONS
 
     return {
-        status: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[status]}
-        for status in statuses
+        status: {
+            "model": ValidationErrorBody if status == 422 else ErrorBody,
+            "description": ERROR_DESCRIPTIONS[status],
+        }
+        for status in (*statuses, 500)
     }

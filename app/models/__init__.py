@@ -5,7 +5,7 @@ from app.models.billing import Billing
 from app.models.chat_history import ChatHistory
 from app.models.chatbot import Chatbot
 from app.models.customer import Customer
-from app.models.document import Document
+from app.models.document import Document, DocumentStatus
 from app.models.usage_token import UsageToken
 from app.models.user import Role, User
 
@@ -16,6 +16,7 @@ __all__ = [
     "Chatbot",
     "Customer",
     "Document",
+    "DocumentStatus",
     "Role",
     "UsageToken",
     "User",

@@ -5,11 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from app.core.db import get_database
 
 router = APIRouter(tags=["operations"])
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="`ready` or `not_ready`.")
+    checks: dict[str, str] = Field(description="Each dependency: `ok` or what is wrong.")
 
 
 @router.get("/health", summary="The process is alive")
@@ -20,7 +26,8 @@ def health() -> dict[str, str]:
 @router.get(
     "/ready",
     summary="The database (and the services this process needs) are usable",
-    responses={503: {"description": "A dependency is not usable; `checks` says which"}},
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not usable; `checks` says what"}},
 )
 def ready(request: Request) -> JSONResponse:
     checks: dict[str, str] = {"database": _check_database()}

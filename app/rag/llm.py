@@ -99,6 +99,7 @@ class LLMClient:
         if not self.configured:
             return
 
+        base_url = _sdk_base_url(settings.LLM_BASE_URL)
         timeout = httpx.Timeout(
             self._timeout_seconds,
             connect=min(_CONNECT_TIMEOUT_CAP_SECONDS, self._timeout_seconds),
@@ -109,9 +110,9 @@ class LLMClient:
         _quiet_sdk_debug_logging()
         self._sdk = AsyncFireworks(
             api_key=api_key,
-            base_url=_sdk_base_url(settings.LLM_BASE_URL),
-            # Passed explicitly (not left to the http client) because the SDK sends its own
-            # per-request timeout, which would otherwise be its 60 s default.
+            base_url=base_url,
+            # Passed explicitly because the SDK sets a timeout on every request, which would
+            # otherwise be its 60 s default or whatever a caller's http client carries.
             timeout=timeout,
             max_retries=0,
             http_client=self._http,

@@ -175,14 +175,15 @@ def _sniff_text(head: bytes) -> str | None:
     """Decoded start of a text file, or None when the bytes look binary."""
     bom_encoding = _bom_encoding(head)
     if bom_encoding is not None:
-        return _incremental_decode(head, bom_encoding, errors="replace", final=False)
-    if b"\x00" in head:
+        text = _incremental_decode(head, bom_encoding, errors="replace", final=False)
+    elif b"\x00" in head:
         return None
-    try:
-        return _incremental_decode(head, "utf-8", errors="strict", final=False)
-    except UnicodeDecodeError:
-        pass
-    text = head.decode("cp1252", errors="replace")
+    else:
+        try:
+            text = _incremental_decode(head, "utf-8", errors="strict", final=False)
+        except UnicodeDecodeError:
+            text = head.decode("cp1252", errors="replace")
+    # Control characters are valid UTF-8 too: text is what is mostly printable.
     binary_chars = sum(1 for char in text if _is_binary_char(char))
     return text if binary_chars <= _MAX_BINARY_CHAR_RATIO * len(text) else None
 
@@ -215,7 +216,9 @@ _BOMS = (
 # Mojibake made by decoding UTF-8 as Latin-1 contains C1 control characters, which never occur
 # in real text, so runs containing them can be repaired without second-guessing real accents.
 _LATIN1_MOJIBAKE = re.compile(r"[\xc2-\xf4][\x80-\xbf]+")
-_WESTERN_MAX_NON_ASCII_LETTERS = 0.3
+_WORD = re.compile(r"[^\W\d_]+")
+_SYMBOL_IN_WORD = re.compile(r"[^\W\d_][^\w\s\x00-\x7f][^\W\d_]")
+_WESTERN_MAX_FOREIGN_WORDS = 0.2
 
 
 def decode_text(data: bytes) -> str:
@@ -275,23 +278,26 @@ def _decode_cp1252(data: bytes) -> str:
 
 
 def _plausible_western(text: str) -> bool:
-    """Statistical detectors misread short Latin-1 text as Baltic or Central European, so
-    accept cp1252 when accents are sparse and no symbol sits inside a word (Polish ``ą`` in
-    cp1250 shows up as ``¹`` in cp1252; Cyrillic or Greek shows up as all-accented words)."""
-    letters = non_ascii_letters = 0
-    for index, char in enumerate(text):
-        if char.isalpha():
-            letters += 1
-            if not char.isascii():
-                non_ascii_letters += 1
-        elif not char.isascii() and 0 < index < len(text) - 1:
-            if text[index - 1].isalpha() and text[index + 1].isalpha():
-                return False
-        if _is_binary_char(char):
-            return False
-    if letters == 0:
+    """Whether cp1252 is the likely encoding of a non-UTF-8 file.
+
+    Statistical detectors misread short Latin-1 text as Baltic or Central European, so cp1252
+    is tried first, and accepted only when it looks like a Western language: accented letters
+    sit inside otherwise ASCII words ("café", "Müller"). Cyrillic or Greek bytes read as cp1252
+    give words made only of accented letters ("Ïðèâåò"), and Central European letters that
+    cp1252 lacks turn into symbols inside words (Polish "mąka" reads "m¹ka").
+    """
+    if any(_is_binary_char(char) for char in text):
         return False
-    return non_ascii_letters <= _WESTERN_MAX_NON_ASCII_LETTERS * letters
+    if _SYMBOL_IN_WORD.search(text):
+        return False
+    accented_words = foreign_words = 0
+    for word in _WORD.findall(text):
+        if word.isascii():
+            continue
+        accented_words += 1
+        if len(word) > 1 and not any(char.isascii() for char in word):
+            foreign_words += 1
+    return foreign_words <= _WESTERN_MAX_FOREIGN_WORDS * accented_words
 
 
 def _repair_latin1_mojibake(text: str) -> str:
@@ -399,7 +405,7 @@ def _clean_sections(sections: list[Section], max_chars: int) -> list[Section]:
     cleaned = []
     for section in sections:
         text = section.text.replace("\x00", "").replace("\r\n", "\n").replace("\r", "\n")
-        text = budget.take(text)
+        text = budget.take(text.strip())
         if text.strip():
             cleaned.append(Section(text, section.page))
     return cleaned
@@ -408,9 +414,7 @@ def _clean_sections(sections: list[Section], max_chars: int) -> list[Section]:
 # --- PDF ---
 
 
-def _extract_pdf(
-    path: Path, max_pages: int, max_chars: int, password: str | None
-) -> list[Section]:
+def _extract_pdf(path: Path, max_pages: int, max_chars: int, password: str | None) -> list[Section]:
     try:
         reader = pypdf.PdfReader(path, strict=False)
         _unlock_pdf(reader, password)
@@ -625,11 +629,11 @@ def _is_merge_continuation(cell: Any) -> bool:
 
 # --- HTML ---
 
-_HTML_DROP_TAGS = [
+_HTML_DROP_TAGS = {
     "head", "script", "style", "noscript", "template", "nav", "aside", "form", "svg",
     "iframe", "object", "embed", "canvas", "button", "select", "dialog",
-]  # fmt: skip
-_HTML_DROP_ROLES = ["navigation", "banner", "contentinfo", "complementary", "search"]
+}  # fmt: skip
+_HTML_DROP_ROLES = {"navigation", "banner", "contentinfo", "complementary", "search"}
 _HTML_BLOCK_TAGS = [
     "p", "div", "section", "article", "main", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol",
     "li", "dl", "dt", "dd", "table", "caption", "thead", "tbody", "tfoot", "tr", "td", "th",
@@ -637,9 +641,7 @@ _HTML_BLOCK_TAGS = [
     "header", "footer",
 ]  # fmt: skip
 _HTML_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
-_META_CHARSET = re.compile(
-    rb"<meta[^>]+charset\s*=\s*[\"']?\s*([a-zA-Z0-9_.:-]+)", re.IGNORECASE
-)
+_META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([a-zA-Z0-9_.:-]+)", re.IGNORECASE)
 # As browsers do (WHATWG encoding spec): these labels mean their superset in practice.
 _CHARSET_ALIASES = {
     "iso-8859-1": "cp1252",
@@ -665,7 +667,7 @@ def _extract_html(path: Path, max_chars: int) -> str:
         tag.insert_after("\n")
     for br in soup.find_all("br"):
         br.replace_with("\n")
-    return _tidy_lines(soup.get_text())[:max_chars]
+    return _tidy_lines(_main_content(soup).get_text())[:max_chars]
 
 
 def _decode_html(data: bytes, *, final: bool) -> str:
@@ -687,19 +689,35 @@ def _decode_html(data: bytes, *, final: bool) -> str:
 
 
 def _drop_invisible(soup: BeautifulSoup) -> None:
-    doomed: list[Tag] = list(soup.find_all(_HTML_DROP_TAGS))
-    doomed += soup.find_all(attrs={"role": _HTML_DROP_ROLES})
-    doomed += soup.find_all(attrs={"aria-hidden": "true"})
-    doomed += soup.find_all(attrs={"hidden": True})
-    doomed += soup.find_all(style=_HTML_HIDDEN_STYLE)
-    # A header or footer inside an article introduces that article (its headline, byline);
-    # only the page-level ones are site chrome.
-    for tag in soup.find_all(["header", "footer"]):
-        if tag.find_parent(["article", "main"]) is None:
-            doomed.append(tag)
+    doomed = [tag for tag in soup.find_all(True) if _is_invisible(tag)]
     for tag in doomed:
+        # Decomposing an element destroys its descendants, which may also be on the list.
         if not tag.decomposed:
             tag.decompose()
+
+
+def _is_invisible(tag: Tag) -> bool:
+    if tag.name in _HTML_DROP_TAGS:
+        return True
+    if tag.name in ("header", "footer"):
+        # A header or footer inside an article introduces that article (headline, byline);
+        # only the page-level ones are site chrome.
+        return tag.find_parent(["article", "main"]) is None
+    if tag.get("role") in _HTML_DROP_ROLES or tag.get("aria-hidden") == "true":
+        return True
+    if tag.has_attr("hidden"):
+        return True
+    style = tag.get("style")
+    return isinstance(style, str) and _HTML_HIDDEN_STYLE.search(style) is not None
+
+
+def _main_content(soup: BeautifulSoup) -> Tag:
+    """The page's <main> (or role=main) when it has text: by definition it holds the page's
+    own content, and everything around it is site chrome."""
+    main = soup.find("main") or soup.find(role="main")
+    if isinstance(main, Tag) and main.get_text().strip():
+        return main
+    return soup
 
 
 def _tidy_lines(text: str) -> str:
@@ -718,15 +736,14 @@ _MD_NOISE = [
     (re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\[[^\]]*\])"), r"\1"),  # link -> its text
     (re.compile(r"^ {0,3}\[[^\]]+\]:\s*\S+.*$", re.MULTILINE), ""),  # link definitions
     (re.compile(r"^ {0,3}#{1,6}[ \t]+(.*?)[ \t#]*$", re.MULTILINE), r"\1"),  # heading marks
+    (re.compile(r"[ \t]+$", re.MULTILINE), ""),  # lines the removals left blank
 ]
 _BLANK_RUNS = re.compile(r"\n{3,}")
 
 
 def _extract_md(path: Path, max_chars: int) -> str:
     text = _read_text(path, max_chars)
-    pieces = [
-        block if is_code else _strip_md_noise(block) for is_code, block in _md_blocks(text)
-    ]
+    pieces = [block if is_code else _strip_md_noise(block) for is_code, block in _md_blocks(text)]
     return _BLANK_RUNS.sub("\n\n", "".join(pieces))
 
 
@@ -787,12 +804,29 @@ def _sniff_csv(text: str) -> type[csv.Dialect] | None:
     sample = text[:_CSV_SNIFF_CHARS]
     if len(text) > _CSV_SNIFF_CHARS and "\n" in sample:
         sample = sample[: sample.rindex("\n")]  # a cut last line misleads the sniffer
+    # The sniffer wants 90% of lines to agree, and blank lines agree with nothing.
+    lines = [line for line in sample.splitlines() if line.strip()]
     try:
-        return csv.Sniffer().sniff(sample, delimiters=_CSV_DELIMITERS)
+        return csv.Sniffer().sniff("\n".join(lines), delimiters=_CSV_DELIMITERS)
     except csv.Error:
-        if any(delimiter in sample for delimiter in _CSV_DELIMITERS):
-            return csv.excel
+        return _vote_delimiter(lines)
+
+
+def _vote_delimiter(lines: list[str]) -> type[csv.Dialect] | None:
+    """The delimiter that occurs on most lines, for files the sniffer gives up on (ragged
+    rows, quoted newlines); None when no line has any, i.e. the file is prose."""
+    best, best_lines = "", 0
+    for delimiter in _CSV_DELIMITERS:
+        count = sum(1 for line in lines if delimiter in line)
+        if count > best_lines:
+            best, best_lines = delimiter, count
+    if not best:
         return None
+
+    class Voted(csv.excel):
+        delimiter = best
+
+    return Voted
 
 
 def _render_csv(text: str, dialect: type[csv.Dialect], max_chars: int) -> str:
@@ -842,28 +876,43 @@ _TEXT_EXTRACTORS: dict[str, Callable[[Path, int], str]] = {
 # and a call that times out kills only its own process, never another thread's parse. A third
 # caller waits for a free worker; that wait is bounded by the others' timeouts.
 _PARALLEL_EXTRACTIONS = 2
+# A worker that parsed many files keeps a fragmented heap; a fresh one costs ~0.3 s.
+_TASKS_PER_WORKER = 25
 _WORKER_START_TIMEOUT_S = 60.0
 _MSG_WORKER_START = "Our document parser failed to start; please try the upload again later."
+
+
+def _msg_crashed(limit_mb: int) -> str:
+    return (
+        f"Parsing this file crashed the parser or needed more than {limit_mb} MB of memory; "
+        "try splitting it into smaller files or saving it in a simpler format."
+    )
+
+
+class _MemoryExhausted(ExtractionError):
+    """Raised in a worker that hit its memory cap, so the parent can replace that worker."""
 
 
 def _init_worker() -> None:
     # pypdf logs a warning for every quirk of a damaged file; the parent logs the outcome.
     logging.getLogger("pypdf").setLevel(logging.ERROR)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _set_rlimit(resource.RLIMIT_CORE, 0)
 
 
 def _worker_ready() -> bool:
     return True
 
 
-def _limit_memory(max_memory_mb: int) -> None:
-    """Cap the address space of this worker; the soft limit is reset for every call so calls
-    with different limits can share a worker."""
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    soft = max_memory_mb * 1024 * 1024
-    if hard != resource.RLIM_INFINITY:
-        soft = min(soft, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+def _set_rlimit(kind: int, soft: int) -> None:
+    """Set a soft limit (never above the hard one); the hard limit stays, so later calls can
+    raise the soft limit again."""
+    _, hard = resource.getrlimit(kind)
+    if hard != resource.RLIM_INFINITY and (soft == resource.RLIM_INFINITY or soft > hard):
+        soft = hard
+    try:
+        resource.setrlimit(kind, (soft, hard))
+    except (ValueError, OSError):  # e.g. macOS refuses RLIMIT_AS: run without the cap
+        logger.warning("could not set resource limit %s", kind, exc_info=True)
 
 
 def _extract_in_worker(
@@ -874,20 +923,16 @@ def _extract_in_worker(
     max_chars: int,
     password: str | None,
 ) -> list[Section]:
-    _limit_memory(max_memory_mb)
+    # RLIMIT_AS counts address space, not resident memory; the idle worker uses ~65 MB of it.
+    _set_rlimit(resource.RLIMIT_AS, max_memory_mb * 1024 * 1024)
     try:
         return _extract_sections(
             Path(path), file_type, max_pages=max_pages, max_chars=max_chars, password=password
         )
     except MemoryError:
-        raise ExtractionError(_msg_memory(max_memory_mb)) from None
+        raise _MemoryExhausted(_msg_memory(max_memory_mb)) from None
     finally:
-        _limit_memory_off()
-
-
-def _limit_memory_off() -> None:
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+        _set_rlimit(resource.RLIMIT_AS, resource.RLIM_INFINITY)
 
 
 class _Worker:
@@ -895,27 +940,35 @@ class _Worker:
 
     def __init__(self) -> None:
         self._executor: ProcessPoolExecutor | None = None
+        self._tasks = 0
 
     def run(self, timeout_s: float, max_memory_mb: int, args: tuple[Any, ...]) -> list[Section]:
         future = self._executor_ready().submit(_extract_in_worker, *args)
+        self._tasks += 1
         try:
             return future.result(timeout=timeout_s)
         except FutureTimeoutError:
             self.stop()
             raise ExtractionError(_msg_timeout(timeout_s)) from None
         except BrokenProcessPool:
-            # The child died instead of raising: the kernel or the C allocator killed it when
-            # it hit the address-space cap (or a C parser crashed on the file).
+            # The child died instead of raising: the C allocator aborted at the address-space
+            # cap, or a C parser crashed on the file.
             self.stop()
-            raise ExtractionError(_msg_memory(max_memory_mb)) from None
-        except MemoryError:
+            raise ExtractionError(_msg_crashed(max_memory_mb)) from None
+        except _MemoryExhausted:
+            self.stop()
+            raise
+        except MemoryError:  # unpickling a result the parent itself has no room for
             raise ExtractionError(_msg_memory(max_memory_mb)) from None
 
     def _executor_ready(self) -> ProcessPoolExecutor:
-        if self._executor is not None and getattr(self._executor, "_broken", False):
+        if self._executor is not None and (
+            getattr(self._executor, "_broken", False) or self._tasks >= _TASKS_PER_WORKER
+        ):
             self.stop()
         if self._executor is None:
             self._executor = self._start()
+            self._tasks = 0
         return self._executor
 
     def _start(self) -> ProcessPoolExecutor:

@@ -53,7 +53,7 @@ def get_owned_user(session: Session, customer_id: uuid.UUID, user_id: uuid.UUID)
 
 class LastAdmin(Conflict):
     code = "last_admin"
-    default_detail = "This is the customer's last admin; make another user admin first."
+    default_detail = "This is the customer's last admin; add another admin first."
 
 
 def delete_user(session: Session, customer_id: uuid.UUID, user_id: uuid.UUID) -> None:

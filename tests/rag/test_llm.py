@@ -246,6 +246,77 @@ def test_stream_failure_after_first_delta_is_not_retried(server: FakeLLMServer) 
     assert len(server.requests) == 1
 
 
+def run_against_transport(
+    handler: Callable[[httpx.Request], httpx.Response],
+    body: Callable[[LLMClient], Awaitable[_T]],
+    **overrides: Any,
+) -> tuple[_T | LLMError, int]:
+    """For upstream misbehaviour the fake server does not produce: (result or error, calls)."""
+    calls = 0
+
+    def counting(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return handler(request)
+
+    async def main() -> _T | LLMError:
+        settings = Settings(
+            _env_file=None,
+            FIREWORKS_API_KEY="test-key",
+            LLM_BASE_URL="https://llm.invalid/inference/v1",
+            **overrides,
+        )
+        async with httpx.AsyncClient(transport=httpx.MockTransport(counting)) as http:
+            try:
+                return await body(LLMClient(settings, http_client=http))
+            except LLMError as exc:
+                return exc
+
+    return asyncio.run(main()), calls
+
+
+def _sse(*events: str) -> httpx.Response:
+    content = "".join(f"data: {event}\n\n" for event in events).encode()
+    return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=content)
+
+
+_CHUNK = (
+    '{"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",'
+    ' "choices": [{"index": 0, "delta": {"content": "Hi"}}]}'
+)
+_ERROR_EVENT = '{"error": {"message": "overloaded", "type": "server_error"}}'
+
+
+def test_error_event_after_a_delta_raises_without_retry() -> None:
+    outcome, calls = run_against_transport(
+        lambda _: _sse(_CHUNK, _ERROR_EVENT), lambda c: collect(stream(c))
+    )
+
+    assert isinstance(outcome, LLMError)
+    assert "mid-stream" in str(outcome)
+    assert calls == 1
+
+
+def test_error_event_before_any_delta_is_retried() -> None:
+    responses = iter([_sse(_ERROR_EVENT), _sse(_CHUNK, "[DONE]")])
+
+    outcome, calls = run_against_transport(lambda _: next(responses), lambda c: collect(stream(c)))
+
+    assert outcome == [StreamDelta("Hi"), StreamUsage(input_tokens=None, output_tokens=None)]
+    assert calls == 2
+
+
+def test_non_api_200_is_an_error() -> None:
+    def page(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/html"}, text="<html>proxy</html>")
+
+    completed, _ = run_against_transport(page, complete, LLM_MAX_RETRIES=0)
+    streamed, _ = run_against_transport(page, lambda c: collect(stream(c)), LLM_MAX_RETRIES=0)
+
+    assert isinstance(completed, LLMError) and "unexpected response" in str(completed)
+    assert isinstance(streamed, LLMError) and "unexpected response" in str(streamed)
+
+
 # --- early exit by the consumer ---
 
 

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+
+from app.auth.dependencies import CurrentUser
+from app.chatbots.dependencies import OwnedChatbot
+from app.chatbots.service import chatbot_upload_dir, get_owned_chatbot
+from app.core.db import SessionDep, after_commit
+from app.core.deps import SettingsDep
+from app.core.errors import PayloadTooLarge
+from app.core.schemas import Page, Pagination, errors
+from app.documents import service
+from app.documents.schemas import Document, Reindex
+from app.documents.upload import declared_too_large, receive_file
+from app.models import DocumentStatus
+from app.runtime import RuntimeDep
+
+router = APIRouter(tags=["documents"])
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/api/upload/{chatbot_id}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Document,
+    responses=errors(401, 404, 409, 413, 415, 422),
+    openapi_extra=_UPLOAD_BODY,
+    summary="Upload a document (multipart field `file`); it is queued for ingestion",
+)
+async def upload_document(
+    chatbot_id: uuid.UUID,
+    request: Request,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
+) -> Document:
+    chatbot = await run_in_threadpool(get_owned_chatbot, session, user.customer_id, chatbot_id)
+    limit = settings.max_upload_bytes
+    if declared_too_large(request.headers.get("content-length"), limit):
+        raise PayloadTooLarge(
+            f"The file is larger than the {settings.MAX_UPLOAD_MB} MB upload limit."
+        )
+    received = await receive_file(
+        request.stream(),
+        request.headers.get("content-type"),
+        chatbot_upload_dir(settings, chatbot.customer_id, chatbot.id),
+        limit,
+    )
+    document = await run_in_threadpool(service.accept_upload, session, settings, chatbot, received)
+    after_commit(session, runtime.workers.wake)
+    return Document.model_validate(document)
+
+
+@router.get(
+    "/api/chatbots/{chatbot_id}/documents",
+    response_model=Page[Document],
+    responses=errors(401, 404, 422),
+    summary="The chatbot's documents with their ingestion status, newest first",
+)
+def list_documents(
+    chatbot: OwnedChatbot,
+    session: SessionDep,
+    page: Pagination,
+    status_filter: Annotated[DocumentStatus | None, Query(alias="status")] = None,
+) -> Page[Document]:
+    rows, total = service.list_documents(session, chatbot, page, status_filter)
+    return Page[Document](
+        items=[Document.model_validate(r) for r in rows],
+        total=total,
+        limit=page.limit,
+        offset=page.offset,
+    )
+
+
+@router.get(
+    "/api/chatbots/{chatbot_id}/documents/{document_id}",
+    response_model=Document,
+    responses=errors(401, 404, 422),
+)
+def get_document(document_id: uuid.UUID, chatbot: OwnedChatbot, session: SessionDep) -> Document:
+    return Document.model_validate(service.get_document(session, chatbot, document_id))
+
+
+@router.delete(
+    "/api/chatbots/{chatbot_id}/documents/{document_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors(401, 404, 422),
+    summary="Delete a document with its file and vectors (also while it is processing)",
+)
+def delete_document(
+    document_id: uuid.UUID,
+    chatbot: OwnedChatbot,
+    session: SessionDep,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
+) -> Response:
+    document = service.get_document(session, chatbot, document_id)
+    service.delete_document(session, settings, runtime.store, chatbot, document)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/api/chatbots/{chatbot_id}/reindex",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Reindex,
+    responses=errors(401, 404, 422),
+    summary="Re-embed every document with the current embedding model",
+)
+def reindex(chatbot: OwnedChatbot, session: SessionDep, runtime: RuntimeDep) -> Reindex:
+    queued = service.reindex(session, runtime.store, chatbot, runtime.workers.wake)
+    return Reindex(
+        chatbot_id=chatbot.id, documents_queued=queued, embedding_model=runtime.embedder.model_name
+    )

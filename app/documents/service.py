@@ -1,0 +1,154 @@
+"""Documents of a chatbot: accept uploads into the queue, list, delete, reindex."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings
+from app.core.db import after_commit
+from app.core.errors import Conflict, NotFound, UnsupportedMediaType
+from app.core.schemas import PageParams
+from app.documents.upload import ReceivedFile
+from app.models import Chatbot, Document, DocumentStatus
+from app.rag.loaders import SUPPORTED_TYPES, detect_file_type
+from app.rag.vector_store import VectorStore
+
+SUPPORTED_LIST = ", ".join(sorted(t.upper() for t in SUPPORTED_TYPES))
+
+
+class DuplicateDocument(Conflict):
+    code = "duplicate_document"
+
+
+def accept_upload(
+    session: Session, settings: Settings, chatbot: Chatbot, received: ReceivedFile
+) -> Document:
+    """Validate a stored upload and queue it; on any refusal the file is removed."""
+    try:
+        file_type = detect_file_type(received.path, received.filename)
+        if file_type is None:
+            raise UnsupportedMediaType(
+                f"{received.filename!r} is not a supported document (judged by its content); "
+                f"supported types: {SUPPORTED_LIST}."
+            )
+        _refuse_duplicate(session, chatbot.id, received)
+        final = received.path.with_name(f"{uuid.uuid4().hex}.{file_type}")
+        os.replace(received.path, final)
+        received.path = final
+        document = Document(
+            chatbot_id=chatbot.id,
+            filename=received.filename,
+            file_path=final.relative_to(settings.UPLOAD_DIR).as_posix(),
+            file_type=file_type,
+            size_bytes=received.size,
+            content_hash=received.sha256,
+            status=DocumentStatus.queued,
+            metadata_json={},
+        )
+        session.add(document)
+        try:
+            session.flush()
+        except IntegrityError:
+            session.rollback()
+            _refuse_duplicate(session, chatbot.id, received)
+            raise
+    except BaseException:
+        _unlink(received.path)
+        raise
+    return document
+
+
+def _refuse_duplicate(session: Session, chatbot_id: uuid.UUID, received: ReceivedFile) -> None:
+    existing = session.scalar(
+        select(Document).where(
+            Document.chatbot_id == chatbot_id, Document.content_hash == received.sha256
+        )
+    )
+    if existing is not None:
+        raise DuplicateDocument(
+            f"This file was already uploaded to this chatbot as document {existing.id} "
+            f"({existing.filename!r}, status {existing.status.value}); it was not added again."
+        )
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def list_documents(
+    session: Session, chatbot: Chatbot, page: PageParams, status: DocumentStatus | None
+) -> tuple[list[Document], int]:
+    scope = select(Document).where(Document.chatbot_id == chatbot.id)
+    if status is not None:
+        scope = scope.where(Document.status == status)
+    total = session.scalar(select(func.count()).select_from(scope.subquery())) or 0
+    rows = session.scalars(
+        scope.order_by(Document.uploaded_at.desc(), Document.id)
+        .limit(page.limit)
+        .offset(page.offset)
+    ).all()
+    return list(rows), total
+
+
+def get_document(session: Session, chatbot: Chatbot, document_id: uuid.UUID) -> Document:
+    document = session.scalar(
+        select(Document).where(Document.id == document_id, Document.chatbot_id == chatbot.id)
+    )
+    if document is None:
+        raise NotFound("Document not found.")
+    return document
+
+
+def delete_document(
+    session: Session, settings: Settings, store: VectorStore, chatbot: Chatbot, document: Document
+) -> None:
+    """The row goes now; its file and vectors once that commits. A worker busy with it
+    notices at its next progress update and drops what it wrote."""
+    path = settings.UPLOAD_DIR / document.file_path
+    chatbot_id, document_id = chatbot.id, document.id
+    session.delete(document)
+    session.flush()
+
+    def cleanup() -> None:
+        _unlink(path)
+        store.delete_document(chatbot_id, document_id)
+
+    after_commit(session, cleanup)
+
+
+def reindex(
+    session: Session, store: VectorStore, chatbot: Chatbot, wake: Callable[[], None]
+) -> int:
+    """Queue every document again and drop the collection, so the current model rebuilds it."""
+    result = session.execute(
+        update(Document)
+        .where(Document.chatbot_id == chatbot.id)
+        .values(
+            status=DocumentStatus.queued,
+            progress=0.0,
+            chunk_count=0,
+            error=None,
+            attempts=0,
+            lease_owner=None,
+            lease_expires_at=None,
+            processed_at=None,
+        )
+    )
+    chatbot_id = chatbot.id
+
+    def rebuild() -> None:
+        store.delete_chatbot(chatbot_id)
+        wake()
+
+    after_commit(session, rebuild)
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -1,0 +1,194 @@
+"""The ingestion queue is the `documents` table: a job commits with its document.
+
+Workers claim rows with `FOR UPDATE SKIP LOCKED` on PostgreSQL (so workers on many machines
+share the queue); on SQLite the guarded UPDATE alone decides. A claim is a lease: the worker
+renews it as it makes progress; a row whose lease expired (its worker died) is claimed again,
+until INGEST_MAX_ATTEMPTS claims have been spent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, CursorResult, Result, and_, or_, select, update
+
+from app.core.db import Database
+from app.models import Chatbot, Document, DocumentStatus
+from app.models.base import utcnow
+
+INTERRUPTED = (
+    "Processing was interrupted {n} times (the worker stopped or crashed); "
+    "upload the file again or contact support if it keeps happening."
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    document_id: uuid.UUID
+    chatbot_id: uuid.UUID
+    customer_id: uuid.UUID
+    filename: str
+    file_path: str
+    file_type: str
+    attempts: int
+
+
+def _claimable(now: Any) -> ColumnElement[bool]:
+    return or_(
+        Document.status == DocumentStatus.queued,
+        and_(Document.status == DocumentStatus.processing, Document.lease_expires_at < now),
+    )
+
+
+def claim_next(db: Database, owner: str, lease_seconds: int, max_attempts: int) -> Claim | None:
+    now = utcnow()
+    with db.session() as session:
+        # Rows whose worker died too often end here instead of looping forever.
+        exhausted = session.execute(
+            select(Document.id, Document.attempts)
+            .where(
+                Document.status == DocumentStatus.processing,
+                Document.lease_expires_at < now,
+                Document.attempts >= max_attempts,
+            )
+            .with_for_update(skip_locked=True)
+        ).all()
+        for dead_id, attempts in exhausted:
+            session.execute(
+                update(Document)
+                .where(Document.id == dead_id, Document.status == DocumentStatus.processing)
+                .values(
+                    status=DocumentStatus.failed,
+                    error=INTERRUPTED.format(n=attempts),
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    processed_at=now,
+                )
+            )
+        doc_id = session.scalar(
+            select(Document.id)
+            .where(_claimable(now), Document.attempts < max_attempts)
+            .order_by(Document.uploaded_at, Document.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        if doc_id is None:
+            return None
+        claimed = session.execute(
+            update(Document)
+            .where(Document.id == doc_id, _claimable(now))
+            .values(
+                status=DocumentStatus.processing,
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=Document.attempts + 1,
+                progress=0.0,
+            )
+        )
+        if _rowcount(claimed) != 1:  # another worker won (SQLite has no row locks)
+            return None
+        row = session.execute(
+            select(Document, Chatbot.customer_id)
+            .join(Chatbot, Chatbot.id == Document.chatbot_id)
+            .where(Document.id == doc_id)
+        ).one()
+        document: Document = row[0]
+        return Claim(
+            document_id=document.id,
+            chatbot_id=document.chatbot_id,
+            customer_id=row[1],
+            filename=document.filename,
+            file_path=document.file_path,
+            file_type=document.file_type,
+            attempts=document.attempts,
+        )
+
+
+def _rowcount(result: Result[Any]) -> int:
+    return cast(CursorResult[Any], result).rowcount
+
+
+def _owned(document_id: uuid.UUID, owner: str) -> ColumnElement[bool]:
+    return and_(
+        Document.id == document_id,
+        Document.lease_owner == owner,
+        Document.status == DocumentStatus.processing,
+    )
+
+
+def heartbeat(
+    db: Database, document_id: uuid.UUID, owner: str, progress: float, lease_seconds: int
+) -> bool:
+    """Record progress and renew the lease; False when the job is no longer ours (deleted,
+    reindexed or taken over) and the worker must stop."""
+    with db.session() as session:
+        result = session.execute(
+            update(Document)
+            .where(_owned(document_id, owner))
+            .values(
+                progress=round(min(max(progress, 0.0), 1.0), 4),
+                lease_expires_at=utcnow() + timedelta(seconds=lease_seconds),
+            )
+        )
+        return _rowcount(result) == 1
+
+
+def complete(
+    db: Database,
+    document_id: uuid.UUID,
+    owner: str,
+    chunk_count: int,
+    metadata: dict[str, Any],
+) -> bool:
+    with db.session() as session:
+        current = session.scalar(select(Document.metadata_json).where(_owned(document_id, owner)))
+        result = session.execute(
+            update(Document)
+            .where(_owned(document_id, owner))
+            .values(
+                status=DocumentStatus.ready,
+                progress=1.0,
+                chunk_count=chunk_count,
+                error=None,
+                lease_expires_at=None,
+                processed_at=utcnow(),
+                metadata_json={**(current or {}), **metadata},
+            )
+        )
+        return _rowcount(result) == 1
+
+
+def fail(
+    db: Database,
+    document_id: uuid.UUID,
+    owner: str,
+    reason: str,
+    *,
+    retry: bool,
+    max_attempts: int,
+) -> DocumentStatus | None:
+    """Give the job back (transient error, attempts left) or end it `failed`."""
+    with db.session() as session:
+        attempts = session.scalar(select(Document.attempts).where(_owned(document_id, owner)))
+        if attempts is None:
+            return None
+        status = (
+            DocumentStatus.queued if retry and attempts < max_attempts else DocumentStatus.failed
+        )
+        session.execute(
+            update(Document)
+            .where(_owned(document_id, owner))
+            .values(
+                status=status,
+                error=reason[:2000],
+                progress=0.0,
+                chunk_count=0,
+                lease_owner=None,
+                lease_expires_at=None,
+                processed_at=utcnow() if status == DocumentStatus.failed else None,
+            )
+        )
+        return status

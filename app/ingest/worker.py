@@ -1,0 +1,216 @@
+"""The ingestion worker: claim a document, extract, chunk, embed, store, mark it ready.
+
+Runs in threads (the embedded worker of the API process, or `python -m app.ingest`); all of
+its work is blocking by design and never touches an event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from app.core.config import Settings
+from app.core.db import Database
+from app.ingest import queue
+from app.models import DocumentStatus
+from app.rag.chunking import Chunk, chunk_sections
+from app.rag.embeddings import Embedder
+from app.rag.loaders import ExtractionError, extract_bounded
+from app.rag.vector_store import ChunkRecord, EmbeddingModelMismatch, VectorStore
+
+log = logging.getLogger("app.ingest")
+
+
+class JobLost(Exception):
+    """The document was deleted, reindexed or taken over while we worked on it."""
+
+
+class IngestWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        embedder: Embedder,
+        store: VectorStore,
+        name: str | None = None,
+    ):
+        self.settings = settings
+        self.db = db
+        self.embedder = embedder
+        self.store = store
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.wakeup = threading.Event()
+        self.processed: list[uuid.UUID] = []
+
+    # --- loop ---
+    def run(self, stop: threading.Event) -> None:
+        log.info("ingest worker started", extra={"worker": self.name})
+        while not stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:  # the loop must survive anything (e.g. the database restarting)
+                log.exception("ingest worker iteration failed", extra={"worker": self.name})
+                worked = False
+            if not worked:
+                self.wakeup.wait(self.settings.INGEST_POLL_SECONDS)
+                self.wakeup.clear()
+        log.info("ingest worker stopped", extra={"worker": self.name})
+
+    def run_once(self) -> bool:
+        """Process one queued document; False when the queue is empty."""
+        claim = queue.claim_next(
+            self.db,
+            self.name,
+            self.settings.INGEST_LEASE_SECONDS,
+            self.settings.INGEST_MAX_ATTEMPTS,
+        )
+        if claim is None:
+            return False
+        self.processed.append(claim.document_id)
+        self.process(claim)
+        return True
+
+    # --- one document ---
+    def process(self, claim: queue.Claim) -> None:
+        started = time.perf_counter()
+        extra = {"document_id": str(claim.document_id), "worker": self.name}
+        try:
+            chunks, pages = self._chunks(claim)
+            self._store(claim, chunks)
+        except JobLost:
+            self.store.delete_document(claim.chatbot_id, claim.document_id)
+            log.info("document dropped while processing", extra=extra)
+            return
+        except ExtractionError as exc:
+            self._fail(claim, str(exc), retry=False)
+            return
+        except EmbeddingModelMismatch as exc:
+            self._fail(claim, f"{exc}.", retry=False)
+            return
+        except Exception as exc:
+            log.exception("document processing failed", extra=extra)
+            self._fail(claim, f"Processing failed unexpectedly ({type(exc).__name__}).", retry=True)
+            return
+        metadata = {
+            "pages": pages,
+            "embedding_model": self.embedder.model_name,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        if not queue.complete(self.db, claim.document_id, self.name, len(chunks), metadata):
+            self.store.delete_document(claim.chatbot_id, claim.document_id)
+            return
+        log.info("document ready", extra={**extra, "chunks": len(chunks), **metadata})
+
+    def _chunks(self, claim: queue.Claim) -> tuple[list[Chunk], int | None]:
+        path = self.settings.UPLOAD_DIR / claim.file_path
+        if not Path(path).is_file():
+            raise ExtractionError("The stored file is missing; upload the document again.")
+        sections = extract_bounded(
+            path,
+            claim.file_type,
+            timeout_s=self.settings.EXTRACT_TIMEOUT_SECONDS,
+            max_memory_mb=self.settings.EXTRACT_MAX_MEMORY_MB,
+            max_pages=self.settings.PDF_MAX_PAGES,
+            max_chars=self.settings.MAX_EXTRACTED_CHARS,
+        )
+        size = self.settings.CHUNK_SIZE or self.embedder.chunk_budget()
+        overlap = (
+            self.settings.CHUNK_OVERLAP if self.settings.CHUNK_OVERLAP is not None else size // 8
+        )
+        chunks = chunk_sections(
+            sections,
+            chunk_size=size,
+            chunk_overlap=min(overlap, size // 2),
+            length_function=self.embedder.token_length,
+        )
+        if not chunks:
+            raise ExtractionError("The document contains no text.")
+        pages = max((s.page for s in sections if s.page is not None), default=None)
+        return chunks, pages
+
+    def _store(self, claim: queue.Claim, chunks: list[Chunk]) -> None:
+        # A retried job may have stored part of its vectors already.
+        self.store.delete_document(claim.chatbot_id, claim.document_id)
+        step = max(4 * self.embedder.batch_size, 32)
+        model, dimension = self.embedder.model_name, self.embedder.dimension
+        for start in range(0, len(chunks), step):
+            batch = chunks[start : start + step]
+            vectors = self.embedder.embed_passages([c.text for c in batch])
+            self.store.add(
+                claim.chatbot_id,
+                claim.customer_id,
+                model,
+                dimension,
+                [self._record(claim, c, v) for c, v in zip(batch, vectors, strict=True)],
+            )
+            done = (start + len(batch)) / len(chunks)
+            if not queue.heartbeat(
+                self.db, claim.document_id, self.name, done, self.settings.INGEST_LEASE_SECONDS
+            ):
+                raise JobLost()
+
+    @staticmethod
+    def _record(claim: queue.Claim, chunk: Chunk, vector: list[float]) -> ChunkRecord:
+        metadata: dict[str, str | int | float | bool] = {
+            "document_id": str(claim.document_id),
+            "chatbot_id": str(claim.chatbot_id),
+            "filename": claim.filename,
+            "chunk_index": chunk.index,
+        }
+        if chunk.page is not None:
+            metadata["page"] = chunk.page
+        return ChunkRecord(
+            id=f"{claim.document_id}:{chunk.index}",
+            text=chunk.text,
+            embedding=vector,
+            metadata=metadata,
+        )
+
+    def _fail(self, claim: queue.Claim, reason: str, *, retry: bool) -> None:
+        self.store.delete_document(claim.chatbot_id, claim.document_id)
+        status = queue.fail(
+            self.db,
+            claim.document_id,
+            self.name,
+            reason,
+            retry=retry,
+            max_attempts=self.settings.INGEST_MAX_ATTEMPTS,
+        )
+        level = logging.WARNING if status == DocumentStatus.failed else logging.INFO
+        log.log(
+            level,
+            "document not ingested",
+            extra={"document_id": str(claim.document_id), "status": str(status), "reason": reason},
+        )
+
+
+class WorkerPool:
+    """Worker threads inside one process, stopped together."""
+
+    def __init__(self, workers: list[IngestWorker]):
+        self.workers = workers
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for worker in self.workers:
+            thread = threading.Thread(
+                target=worker.run, args=(self._stop,), name=f"ingest-{worker.name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self) -> None:
+        for worker in self.workers:
+            worker.wakeup.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self.wake()
+        for thread in self._threads:
+            thread.join(timeout)

