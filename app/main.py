@@ -8,18 +8,19 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from app.auth.router import router as auth_router
+from app.billing.router import router as billing_router
 from app.chatbots.router import router as chatbots_router
 from app.core.config import Settings, get_settings
 from app.core.db import get_database
 from app.core.handlers import install_handlers
 from app.core.logging import configure_logging
-from app.core.middleware import RequestContextMiddleware
+from app.core.middleware import RequestContextMiddleware, TenantCORSMiddleware
 from app.core.ratelimit import RateLimiter
 from app.documents.router import router as documents_router
 from app.ops.router import router as ops_router
+from app.query.router import router as query_router
 from app.rag.loaders import shutdown_extractors
 from app.runtime import Runtime
 from app.users.router import router as users_router
@@ -58,13 +59,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     if settings.CORS_ALLOW_ORIGINS:
         app.add_middleware(
-            CORSMiddleware,
+            TenantCORSMiddleware,
             allow_origins=settings.CORS_ALLOW_ORIGINS,
             allow_methods=["*"],
             allow_headers=["*"],
         )
     app.add_middleware(RequestContextMiddleware)
-    for router in (ops_router, auth_router, users_router, chatbots_router, documents_router):
+    for router in (
+        ops_router,
+        auth_router,
+        users_router,
+        chatbots_router,
+        documents_router,
+        billing_router,
+        query_router,
+    ):
         app.include_router(router)
     return app
 

@@ -184,3 +184,106 @@ def paused_workers(runtime):  # type: ignore[no-untyped-def]
     runtime.workers.stop()
     yield runtime
     runtime.start_workers(get_database())
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A real Chroma server (`chroma run`) on loopback, for server mode and multi-process
+    workers."""
+    import shutil
+    import subprocess
+    import time
+    import urllib.request
+
+    exe = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "run", "--path", str(tmp_path_factory.mktemp("chroma-server")), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1).read()
+            break
+        except OSError:
+            assert proc.poll() is None, "chroma server exited"
+            assert time.monotonic() < deadline, "chroma server did not start"
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def live_server(client):  # type: ignore[no-untyped-def]
+    """The same app served by a real uvicorn on loopback (its lifespan already ran in
+    `client`), for concurrency, streaming and disconnects over real HTTP."""
+    import asyncio
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(
+        client.app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    loop = asyncio.new_event_loop()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.serve())
+
+    thread = threading.Thread(target=run, name="live-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "live server did not start"
+        time.sleep(0.05)
+    server.loop = loop  # type: ignore[attr-defined]
+    yield server
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def live_url(live_server) -> str:  # type: ignore[no-untyped-def]
+    return f"http://127.0.0.1:{live_server.config.port}"
+
+
+@pytest.fixture
+def fake_llm(runtime, live_server):  # type: ignore[no-untyped-def]
+    """A loopback Fireworks-compatible server, and the app's LLM client pointed at it for
+    the test (used only through `live_url`, whose event loop owns the client)."""
+    import asyncio
+
+    from app.rag.llm import LLMClient
+    from tests.fake_llm import FakeLLMServer
+
+    server = FakeLLMServer().start()
+    settings = runtime.settings.model_copy(
+        update={
+            "FIREWORKS_API_KEY": "test-key",
+            "LLM_BASE_URL": server.base_url,
+            "LLM_TIMEOUT_SECONDS": 2.0,
+            "LLM_MAX_RETRIES": 1,
+        }
+    )
+    original = runtime.llm
+    runtime.llm = LLMClient(settings)
+    yield server
+    llm, runtime.llm = runtime.llm, original
+    asyncio.run_coroutine_threadsafe(llm.aclose(), live_server.loop).result(10)
+    server.stop()

@@ -2,7 +2,8 @@
 
 Every generator takes the text to embed from the caller, so a test can check that exactly that
 text comes back out of extraction. Nothing here needs the network or extra packages: PDFs are
-written byte by byte, DOCX files with python-docx, zip bombs by hand.
+written byte by byte (encrypted ones by pypdf, whose AES uses ``cryptography``, already installed
+through python-jose), DOCX files with python-docx, zip bombs by hand.
 """
 
 import csv
@@ -12,6 +13,7 @@ import struct
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import docx
 from docx.table import Table
@@ -200,9 +202,10 @@ def make_docx(
     return path
 
 
-def _add_table(container: object, rows: Sequence[Sequence[str]]) -> Table:
+def _add_table(container: Any, rows: Sequence[Sequence[str]]) -> Table:
+    """A table in a document or in a table cell (both have add_table)."""
     columns = max(len(row) for row in rows)
-    table: Table = container.add_table(rows=len(rows), cols=columns)  # type: ignore[attr-defined]
+    table: Table = container.add_table(rows=len(rows), cols=columns)
     for row_index, row in enumerate(rows):
         for column_index, value in enumerate(row):
             table.cell(row_index, column_index).text = value

@@ -181,3 +181,15 @@ def test_invalid_origins_rejected(client):
         headers=tenant.headers,
     )
     assert ok.status_code == 201, ok.text
+
+
+def test_changes_are_committed_before_the_response(client, live_url):
+    """Over real HTTP, a created chatbot is readable by the very next request."""
+    import httpx
+
+    tenant = register(client)
+    with httpx.Client(base_url=live_url, headers=tenant.headers, timeout=30) as http:
+        for i in range(30):
+            created = http.post("/api/chatbots", json={"name": f"bot {i}"})
+            assert created.status_code == 201
+            assert http.get(f"/api/chatbots/{created.json()['id']}").status_code == 200

@@ -42,8 +42,8 @@ def test_unexpected_errors_hide_the_stack_trace(app):
     def boom() -> None:
         raise RuntimeError("secret internals")
 
-    with TestClient(app, raise_server_exceptions=False) as local:
-        response = local.get("/__boom_for_test")
+    # Not as a context manager: the session's client already ran the lifespan.
+    response = TestClient(app, raise_server_exceptions=False).get("/__boom_for_test")
     app.router.routes = [
         r for r in app.router.routes if getattr(r, "path", "") != "/__boom_for_test"
     ]
@@ -84,8 +84,8 @@ def test_internal_error_carries_request_id(app):
     def boom() -> None:
         raise ValueError("hidden")
 
-    with TestClient(app, raise_server_exceptions=False) as local:
-        response = local.get("/__boom_with_id", headers={"X-Request-ID": "trace-500"})
+    local = TestClient(app, raise_server_exceptions=False)
+    response = local.get("/__boom_with_id", headers={"X-Request-ID": "trace-500"})
     app.router.routes = [
         r for r in app.router.routes if getattr(r, "path", "") != "/__boom_with_id"
     ]

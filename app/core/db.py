@@ -96,4 +96,6 @@ def after_commit(session: Session, action: Callable[[], None]) -> None:
     event.listen(session, "after_commit", lambda _s: action(), once=True)
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit before the response is sent, so a client never sees a change
+# that then fails to commit (or reads before it is visible).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from prometheus_client import Counter, Histogram
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.logging import request_id_var
@@ -102,3 +103,14 @@ def _route(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
     return str(path) if path else "unmatched"
+
+
+class TenantCORSMiddleware(CORSMiddleware):
+    """CORS for the tenant API (a dashboard's origins). The public query endpoint answers CORS
+    itself, per chatbot (its allowed_origins), so it is left alone here."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/public/"):
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)

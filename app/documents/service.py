@@ -38,7 +38,7 @@ def accept_upload(
                 f"{received.filename!r} is not a supported document (judged by its content); "
                 f"supported types: {SUPPORTED_LIST}."
             )
-        _refuse_duplicate(session, chatbot.id, received)
+        _refuse_duplicate(session, settings, chatbot.id, received)
         final = received.path.with_name(f"{uuid.uuid4().hex}.{file_type}")
         os.replace(received.path, final)
         received.path = final
@@ -57,7 +57,7 @@ def accept_upload(
             session.flush()
         except IntegrityError:
             session.rollback()
-            _refuse_duplicate(session, chatbot.id, received)
+            _refuse_duplicate(session, settings, chatbot.id, received)
             raise
     except BaseException:
         _unlink(received.path)
@@ -65,12 +65,22 @@ def accept_upload(
     return document
 
 
-def _refuse_duplicate(session: Session, chatbot_id: uuid.UUID, received: ReceivedFile) -> None:
+def _refuse_duplicate(
+    session: Session, settings: Settings, chatbot_id: uuid.UUID, received: ReceivedFile
+) -> None:
+    """The same content twice is refused, unless the first try failed: then the new upload
+    replaces it (that is what "upload it again" means)."""
     existing = session.scalar(
         select(Document).where(
             Document.chatbot_id == chatbot_id, Document.content_hash == received.sha256
         )
     )
+    if existing is not None and existing.status == DocumentStatus.failed:
+        old_path = settings.UPLOAD_DIR / existing.file_path
+        session.delete(existing)
+        session.flush()
+        after_commit(session, lambda: _unlink(old_path))
+        return
     if existing is not None:
         raise DuplicateDocument(
             f"This file was already uploaded to this chatbot as document {existing.id} "
@@ -142,6 +152,7 @@ def reindex(
             lease_owner=None,
             lease_expires_at=None,
             processed_at=None,
+            metadata_json={},
         )
     )
     chatbot_id = chatbot.id

@@ -19,10 +19,18 @@ from app.core.db import Database
 from app.models import Chatbot, Document, DocumentStatus
 from app.models.base import utcnow
 
-INTERRUPTED = (
-    "Processing was interrupted {n} times (the worker stopped or crashed); "
-    "upload the file again or contact support if it keeps happening."
-)
+
+def interrupted_message(attempts: int) -> str:
+    times = "once" if attempts == 1 else f"{attempts} times"
+    return (
+        f"Processing was interrupted {times} (the worker stopped or crashed); delete the "
+        "document and upload it again, or contact support if it keeps happening."
+    )
+
+
+# A transient failure (e.g. the vector store restarting) is retried after this many seconds
+# times the attempts so far, instead of burning every attempt in the same outage.
+RETRY_BACKOFF_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -37,8 +45,12 @@ class Claim:
 
 
 def _claimable(now: Any) -> ColumnElement[bool]:
+    # A queued row may carry a not-before time (lease_expires_at) after a transient error.
     return or_(
-        Document.status == DocumentStatus.queued,
+        and_(
+            Document.status == DocumentStatus.queued,
+            or_(Document.lease_expires_at.is_(None), Document.lease_expires_at < now),
+        ),
         and_(Document.status == DocumentStatus.processing, Document.lease_expires_at < now),
     )
 
@@ -62,7 +74,7 @@ def claim_next(db: Database, owner: str, lease_seconds: int, max_attempts: int) 
                 .where(Document.id == dead_id, Document.status == DocumentStatus.processing)
                 .values(
                     status=DocumentStatus.failed,
-                    error=INTERRUPTED.format(n=attempts),
+                    error=interrupted_message(attempts),
                     lease_owner=None,
                     lease_expires_at=None,
                     processed_at=now,
@@ -178,6 +190,7 @@ def fail(
         status = (
             DocumentStatus.queued if retry and attempts < max_attempts else DocumentStatus.failed
         )
+        retry_at = utcnow() + timedelta(seconds=RETRY_BACKOFF_SECONDS * attempts)
         session.execute(
             update(Document)
             .where(_owned(document_id, owner))
@@ -187,8 +200,17 @@ def fail(
                 progress=0.0,
                 chunk_count=0,
                 lease_owner=None,
-                lease_expires_at=None,
+                lease_expires_at=retry_at if status == DocumentStatus.queued else None,
                 processed_at=utcnow() if status == DocumentStatus.failed else None,
             )
         )
         return status
+
+
+def job_state(db: Database, claim: Claim) -> tuple[bool, bool]:
+    """(the document exists, its chatbot exists): what a worker that lost its job may clean
+    up. A document that still exists belongs to someone else now: leave its vectors alone."""
+    with db.session() as session:
+        if session.get(Document, claim.document_id) is not None:
+            return True, True
+        return False, session.get(Chatbot, claim.chatbot_id) is not None

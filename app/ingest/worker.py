@@ -20,7 +20,7 @@ from app.ingest import queue
 from app.models import DocumentStatus
 from app.rag.chunking import Chunk, chunk_sections
 from app.rag.embeddings import Embedder
-from app.rag.loaders import ExtractionError, extract_bounded
+from app.rag.loaders import ExtractionError, ExtractorUnavailable, extract_bounded
 from app.rag.vector_store import ChunkRecord, EmbeddingModelMismatch, VectorStore
 
 log = logging.getLogger("app.ingest")
@@ -83,11 +83,14 @@ class IngestWorker:
             chunks, pages = self._chunks(claim)
             self._store(claim, chunks)
         except JobLost:
-            self.store.delete_document(claim.chatbot_id, claim.document_id)
+            self._drop(claim)
             log.info("document dropped while processing", extra=extra)
             return
         except ExtractionError as exc:
             self._fail(claim, str(exc), retry=False)
+            return
+        except ExtractorUnavailable as exc:
+            self._fail(claim, str(exc), retry=True)
             return
         except EmbeddingModelMismatch as exc:
             self._fail(claim, f"{exc}.", retry=False)
@@ -102,7 +105,7 @@ class IngestWorker:
             "seconds": round(time.perf_counter() - started, 3),
         }
         if not queue.complete(self.db, claim.document_id, self.name, len(chunks), metadata):
-            self.store.delete_document(claim.chatbot_id, claim.document_id)
+            self._drop(claim)
             return
         log.info("document ready", extra={**extra, "chunks": len(chunks), **metadata})
 
@@ -170,6 +173,16 @@ class IngestWorker:
             embedding=vector,
             metadata=metadata,
         )
+
+    def _drop(self, claim: queue.Claim) -> None:
+        """Clean up after a job we lost: vectors of a deleted document, the collection of a
+        deleted chatbot (our late writes may have recreated it); nothing of a document that
+        another worker or a reindex now owns."""
+        document_exists, chatbot_exists = queue.job_state(self.db, claim)
+        if not chatbot_exists:
+            self.store.delete_chatbot(claim.chatbot_id)
+        elif not document_exists:
+            self.store.delete_document(claim.chatbot_id, claim.document_id)
 
     def _fail(self, claim: queue.Claim, reason: str, *, retry: bool) -> None:
         self.store.delete_document(claim.chatbot_id, claim.document_id)

@@ -127,7 +127,10 @@ class Embedder:
     def token_length(self, text: str) -> int:
         """Length in the model's tokens, without special tokens (for chunking)."""
         tokenizer = self.model.tokenizer
-        return len(tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
+        ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)[
+            "input_ids"
+        ]
+        return len(ids)
 
     def chunk_budget(self) -> int:
         """Default chunk size: the model's window less the special tokens and the e5 prefix."""

@@ -13,12 +13,14 @@ import csv
 import io
 import logging
 import multiprocessing
+import os
 import queue
 import re
 import resource
 import threading
-import unicodedata
+import time
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -30,7 +32,7 @@ from typing import Any
 import charset_normalizer
 import docx
 import pypdf
-from bs4 import BeautifulSoup, Tag
+from bs4 import BeautifulSoup, CData, NavigableString, PageElement, Tag
 from pypdf import PasswordType
 from pypdf.errors import DependencyError
 
@@ -75,6 +77,10 @@ MSG_DOCX_SIZES_LIE = (
     "This DOCX file looks like a zip bomb: its contents do not match the sizes it declares. "
     "Open it in Word, save it again and upload the new file."
 )
+MSG_DOCX_TOO_MANY_PARTS = (
+    "This DOCX file looks like a zip bomb: it holds more than 10,000 parts. "
+    "Open it in Word, save it again and upload the new file."
+)
 MSG_UNREADABLE_FILE = "We could not read the uploaded file; upload it again."
 
 
@@ -87,17 +93,15 @@ def _msg_docx_bomb(limit_mb: int) -> str:
 
 def _msg_timeout(seconds: float) -> str:
     return (
-        f"Parsing this file took longer than {seconds:g} seconds; it may be damaged or too "
+        f"Parsing this file took longer than {seconds:g} second{'' if seconds == 1 else 's'}; "
+        "it may be damaged or too "
         "complex. Try splitting it into smaller files or saving it in a simpler format."
     )
 
 
 def _msg_memory(limit_mb: int | None) -> str:
-    amount = f"more than {limit_mb} MB of" if limit_mb else "more"
-    return (
-        f"Parsing this file needed {amount} memory than we allow; "
-        "try splitting it into smaller files."
-    )
+    amount = f"more than {limit_mb} MB of memory" if limit_mb else "more memory than we allow"
+    return f"Parsing this file needed {amount}; try splitting it into smaller files."
 
 
 def _msg_generic(file_type: str) -> str:
@@ -135,8 +139,10 @@ _TEXT_TYPES_BY_SUFFIX = {
 # Names that promise a binary format: text content behind them is a mislabelled or hostile file.
 _BINARY_SUFFIXES = frozenset({".pdf", ".docx"})
 _HTML_START = re.compile(r"<(?:!doctype\s+html|html|head|body)[\s>/]", re.IGNORECASE)
-_LEADING_NOISE = re.compile(r"(?:\s+|<!--.*?-->|<\?xml[^>]*\?>)*", re.DOTALL)
+_LEADING_NOISE = re.compile(r"(?:\s|<!--.*?-->|<\?xml[^>]*\?>)*", re.DOTALL)
 _MAX_BINARY_CHAR_RATIO = 0.05
+# Control characters other than tab, newlines and form feed, and the replacement character.
+_BINARY_CHAR = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ufffd]")
 
 
 def detect_file_type(path: Path, filename: str) -> str | None:
@@ -184,14 +190,8 @@ def _sniff_text(head: bytes) -> str | None:
         except UnicodeDecodeError:
             text = head.decode("cp1252", errors="replace")
     # Control characters are valid UTF-8 too: text is what is mostly printable.
-    binary_chars = sum(1 for char in text if _is_binary_char(char))
+    binary_chars = len(_BINARY_CHAR.findall(text))
     return text if binary_chars <= _MAX_BINARY_CHAR_RATIO * len(text) else None
-
-
-def _is_binary_char(char: str) -> bool:
-    if char == "\ufffd":
-        return True
-    return unicodedata.category(char) == "Cc" and char not in "\t\n\r\f\v"
 
 
 def _looks_like_html(text: str) -> bool:
@@ -215,10 +215,18 @@ _BOMS = (
 )
 # Mojibake made by decoding UTF-8 as Latin-1 contains C1 control characters, which never occur
 # in real text, so runs containing them can be repaired without second-guessing real accents.
-_LATIN1_MOJIBAKE = re.compile(r"[\xc2-\xf4][\x80-\xbf]+")
+# One UTF-8 sequence (lead byte, exact number of continuation bytes) read as Latin-1, with at
+# least one C1 character in it; exact lengths keep the regex free of backtracking.
+_LATIN1_MOJIBAKE = re.compile(
+    "[\xc2-\xdf][\x80-\x9f]"
+    "|[\xe0-\xef](?:[\x80-\x9f][\x80-\xbf]|[\xa0-\xbf][\x80-\x9f])"
+    "|[\xf0-\xf4](?=[\x80-\xbf]{0,2}[\x80-\x9f])[\x80-\xbf]{3}"
+)
 _WORD = re.compile(r"[^\W\d_]+")
 _SYMBOL_IN_WORD = re.compile(r"[^\W\d_][^\w\s\x00-\x7f][^\W\d_]")
 _WESTERN_MAX_FOREIGN_WORDS = 0.2
+_C1_CONTROL = re.compile("[\x80-\x9f]")
+_DETECTION_SAMPLE_BYTES = 64 * 1024
 
 
 def decode_text(data: bytes) -> str:
@@ -252,12 +260,16 @@ def _incremental_decode(data: bytes, encoding: str, *, errors: str, final: bool)
 
 
 def _decode_legacy(data: bytes) -> str:
-    """Bytes that are not UTF-8: Western European first, then statistical detection."""
-    western = _decode_cp1252(data)
-    if _plausible_western(western):
-        return western
+    """Bytes that are not UTF-8: Western European first, then statistical detection.
+
+    The encoding is judged on a sample; per-character checks over a whole 20 MB file would
+    take seconds.
+    """
+    sample = _sample(data)
+    if _plausible_western(_decode_cp1252(sample)):
+        return _decode_cp1252(data)
     try:
-        best = charset_normalizer.from_bytes(data).best()
+        best = charset_normalizer.from_bytes(sample).best()
     except Exception:  # a detector bug must not lose the document: fall back below
         logger.warning("charset detection failed", exc_info=True)
         best = None
@@ -266,7 +278,17 @@ def _decode_legacy(data: bytes) -> str:
             return data.decode(best.encoding, errors="replace")
         except LookupError:
             pass
-    return western
+    return _decode_cp1252(data)
+
+
+def _sample(data: bytes) -> bytes:
+    if len(data) <= _DETECTION_SAMPLE_BYTES:
+        return data
+    sample = data[:_DETECTION_SAMPLE_BYTES]
+    # Cut after a newline: it is never part of a multi-byte character in legacy CJK encodings,
+    # so the detector does not see a broken last character.
+    cut = sample.rfind(b"\n")
+    return sample[: cut + 1] if cut > len(sample) // 2 else sample
 
 
 def _decode_cp1252(data: bytes) -> str:
@@ -286,9 +308,7 @@ def _plausible_western(text: str) -> bool:
     give words made only of accented letters ("Ïðèâåò"), and Central European letters that
     cp1252 lacks turn into symbols inside words (Polish "mąka" reads "m¹ka").
     """
-    if any(_is_binary_char(char) for char in text):
-        return False
-    if _SYMBOL_IN_WORD.search(text):
+    if _BINARY_CHAR.search(text) or _SYMBOL_IN_WORD.search(text):
         return False
     accented_words = foreign_words = 0
     for word in _WORD.findall(text):
@@ -301,13 +321,15 @@ def _plausible_western(text: str) -> bool:
 
 
 def _repair_latin1_mojibake(text: str) -> str:
-    if not any("\x80" <= char <= "\x9f" for char in text):
+    if not _C1_CONTROL.search(text):
         return text
+    try:  # the usual case: the whole file went through one wrong round trip
+        return text.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        pass
 
     def repair(match: re.Match[str]) -> str:
         run = match.group()
-        if not any("\x80" <= char <= "\x9f" for char in run):
-            return run
         try:
             return run.encode("latin-1").decode("utf-8")
         except UnicodeError:
@@ -379,6 +401,10 @@ def _extract_sections(
     limit can name it."""
     if file_type not in SUPPORTED_TYPES:
         raise ExtractionError(MSG_UNSUPPORTED)
+    if not path.is_file():
+        # A server-side problem (upload deleted or never stored), not a damaged document.
+        logger.warning("upload to extract is missing: %s", path)
+        raise ExtractionError(MSG_UNREADABLE_FILE)
     try:
         if file_type == "pdf":
             sections = _extract_pdf(path, max_pages, max_chars, password)
@@ -386,9 +412,6 @@ def _extract_sections(
             sections = [Section(_TEXT_EXTRACTORS[file_type](path, max_chars), None)]
     except (ExtractionError, MemoryError):
         raise
-    except FileNotFoundError as exc:
-        logger.warning("upload vanished before extraction: %s", exc)
-        raise ExtractionError(MSG_UNREADABLE_FILE) from None
     except Exception as exc:
         # Parsers raise anything from KeyError to RecursionError on hostile input; the upload is
         # what is broken, so the customer gets a sentence and the log keeps the details.
@@ -528,7 +551,7 @@ def _check_zip_bomb(path: Path) -> None:
 
 def _check_declared_sizes(members: list[zipfile.ZipInfo], limit: int) -> None:
     if len(members) > _DOCX_MAX_MEMBERS:
-        raise ExtractionError(_msg_docx_bomb(_DOCX_MAX_TOTAL_MB))
+        raise ExtractionError(MSG_DOCX_TOO_MANY_PARTS)
     if sum(member.file_size for member in members) > limit:
         raise ExtractionError(_msg_docx_bomb(_DOCX_MAX_TOTAL_MB))
     for member in members:
@@ -634,12 +657,12 @@ _HTML_DROP_TAGS = {
     "iframe", "object", "embed", "canvas", "button", "select", "dialog",
 }  # fmt: skip
 _HTML_DROP_ROLES = {"navigation", "banner", "contentinfo", "complementary", "search"}
-_HTML_BLOCK_TAGS = [
+_HTML_BLOCK_TAGS = {
     "p", "div", "section", "article", "main", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol",
     "li", "dl", "dt", "dd", "table", "caption", "thead", "tbody", "tfoot", "tr", "td", "th",
     "blockquote", "pre", "figure", "figcaption", "address", "hr", "details", "summary",
     "header", "footer",
-]  # fmt: skip
+}  # fmt: skip
 _HTML_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
 _META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([a-zA-Z0-9_.:-]+)", re.IGNORECASE)
 # As browsers do (WHATWG encoding spec): these labels mean their superset in practice.
@@ -661,13 +684,7 @@ def _extract_html(path: Path, max_chars: int) -> str:
     # Markup outweighs text, so read more than max_chars, but still a bounded amount.
     data, truncated = _read_prefix(path, max(max_chars * _HTML_MARKUP_FACTOR, _HTML_MIN_BYTES))
     soup = BeautifulSoup(_decode_html(data, final=not truncated), "lxml")
-    _drop_invisible(soup)
-    for tag in soup.find_all(_HTML_BLOCK_TAGS):
-        tag.insert_before("\n")
-        tag.insert_after("\n")
-    for br in soup.find_all("br"):
-        br.replace_with("\n")
-    return _tidy_lines(_main_content(soup).get_text())[:max_chars]
+    return _tidy_lines(_page_text(soup))[:max_chars]
 
 
 def _decode_html(data: bytes, *, final: bool) -> str:
@@ -688,21 +705,44 @@ def _decode_html(data: bytes, *, final: bool) -> str:
     return _decode(data, final=final)
 
 
-def _drop_invisible(soup: BeautifulSoup) -> None:
-    doomed = [tag for tag in soup.find_all(True) if _is_invisible(tag)]
-    for tag in doomed:
-        # Decomposing an element destroys its descendants, which may also be on the list.
-        if not tag.decomposed:
-            tag.decompose()
+def _visible_text(root: Tag) -> str:
+    """Text a reader sees, with a line break around every block element.
+
+    An explicit stack instead of recursion or tree edits: hostile pages nest elements 100,000
+    deep, which overflows recursion and makes BeautifulSoup's insert/decompose quadratic.
+    """
+    parts: list[str] = []
+    # (node, inside an <article>/<main>, is the closing marker of a block)
+    stack: list[tuple[PageElement, bool, bool]] = [(root, False, False)]
+    while stack:
+        node, in_article, closing = stack.pop()
+        if closing:
+            parts.append("\n")
+        elif isinstance(node, Tag):
+            if node.name == "br":
+                parts.append("\n")
+            elif not _is_invisible(node, in_article):
+                in_article = in_article or _is_article(node)
+                if node.name in _HTML_BLOCK_TAGS:
+                    parts.append("\n")
+                    stack.append((node, in_article, True))
+                stack.extend((child, in_article, False) for child in reversed(node.contents))
+        elif type(node) in (NavigableString, CData):  # not comments, doctypes, script text
+            parts.append(str(node))
+    return "".join(parts)
 
 
-def _is_invisible(tag: Tag) -> bool:
+def _is_article(tag: Tag) -> bool:
+    return tag.name in ("article", "main") or tag.get("role") == "main"
+
+
+def _is_invisible(tag: Tag, in_article: bool) -> bool:
     if tag.name in _HTML_DROP_TAGS:
         return True
     if tag.name in ("header", "footer"):
         # A header or footer inside an article introduces that article (headline, byline);
         # only the page-level ones are site chrome.
-        return tag.find_parent(["article", "main"]) is None
+        return not in_article
     if tag.get("role") in _HTML_DROP_ROLES or tag.get("aria-hidden") == "true":
         return True
     if tag.has_attr("hidden"):
@@ -711,13 +751,15 @@ def _is_invisible(tag: Tag) -> bool:
     return isinstance(style, str) and _HTML_HIDDEN_STYLE.search(style) is not None
 
 
-def _main_content(soup: BeautifulSoup) -> Tag:
-    """The page's <main> (or role=main) when it has text: by definition it holds the page's
-    own content, and everything around it is site chrome."""
+def _page_text(soup: BeautifulSoup) -> str:
+    """Visible text of the page's <main> (or role=main) when it has any: by definition it
+    holds the page's own content, and everything around it is site chrome."""
     main = soup.find("main") or soup.find(role="main")
-    if isinstance(main, Tag) and main.get_text().strip():
-        return main
-    return soup
+    if isinstance(main, Tag):
+        text = _visible_text(main)
+        if text.strip():
+            return text
+    return _visible_text(soup)
 
 
 def _tidy_lines(text: str) -> str:
@@ -728,15 +770,16 @@ def _tidy_lines(text: str) -> str:
 # --- Markdown ---
 
 _MD_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+# Every pattern stops at a bracket, parenthesis, angle bracket or newline, so a hostile file
+# full of unclosed "[" or "(" costs linear time instead of re-scanning to the end each time.
+_LINK_TARGET = r"(?:\([^()\n]*\)|\[[^\[\]\n]*\])"
 _MD_NOISE = [
-    (re.compile(r"<!--.*?-->", re.DOTALL), ""),
-    (re.compile(r"<img\b[^>]*>", re.IGNORECASE), ""),
-    (re.compile(r"!\[[^\]]*\](?:\([^)]*\)|\[[^\]]*\])"), ""),  # images, badges included
-    (re.compile(r"\[\s*\](?:\([^)]*\)|\[[^\]]*\])"), ""),  # links left empty by the above
-    (re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\[[^\]]*\])"), r"\1"),  # link -> its text
-    (re.compile(r"^ {0,3}\[[^\]]+\]:\s*\S+.*$", re.MULTILINE), ""),  # link definitions
-    (re.compile(r"^ {0,3}#{1,6}[ \t]+(.*?)[ \t#]*$", re.MULTILINE), r"\1"),  # heading marks
-    (re.compile(r"[ \t]+$", re.MULTILINE), ""),  # lines the removals left blank
+    (re.compile(r"<img\b[^<>]*>", re.IGNORECASE), ""),
+    (re.compile(r"!\[[^\[\]\n]*\]" + _LINK_TARGET), ""),  # images, badges included
+    (re.compile(r"\[[ \t]*\]" + _LINK_TARGET), ""),  # links left empty by the above
+    (re.compile(r"\[([^\[\]\n]+)\]" + _LINK_TARGET), r"\1"),  # link -> its text
+    (re.compile(r"^ {0,3}\[[^\[\]\n]+\]:[ \t]*\S.*$", re.MULTILINE), ""),  # link definitions
+    (re.compile(r"^ {0,3}#{1,6}[ \t]+", re.MULTILINE), ""),  # heading marks
 ]
 _BLANK_RUNS = re.compile(r"\n{3,}")
 
@@ -771,9 +814,25 @@ def _closes(marker: str, fence: str) -> bool:
 
 
 def _strip_md_noise(text: str) -> str:
+    text = _drop_html_comments(text)
     for pattern, replacement in _MD_NOISE:
         text = pattern.sub(replacement, text)
-    return text
+    # rstrip per line: the regex [ \t]+$ backtracks quadratically on long runs of spaces.
+    return "\n".join(line.rstrip() for line in text.split("\n"))
+
+
+def _drop_html_comments(text: str) -> str:
+    """Text without <!-- ... --> comments; an unclosed one is kept as text."""
+    parts = []
+    position = 0
+    while (start := text.find("<!--", position)) != -1:
+        end = text.find("-->", start + 4)
+        if end == -1:
+            break
+        parts.append(text[position:start])
+        position = end + 3
+    parts.append(text[position:])
+    return "".join(parts)
 
 
 # --- plain text and CSV ---
@@ -785,56 +844,55 @@ def _extract_txt(path: Path, max_chars: int) -> str:
 
 _CSV_DELIMITERS = ",;\t|"
 _CSV_SNIFF_CHARS = 64 * 1024
+# Below this share of rows agreeing on a field count, the file is prose with commas.
+_CSV_MIN_CONSISTENCY = 0.6
 
 
 def _extract_csv(path: Path, max_chars: int) -> str:
     text = _read_text(path, max_chars)
-    dialect = _sniff_csv(text)
-    if dialect is None:
+    delimiter = _sniff_delimiter(text)
+    if delimiter is None:
         return text
     try:
-        rendered = _render_csv(text, dialect, max_chars)
+        rendered = _render_csv(text, delimiter, max_chars)
     except csv.Error as exc:
         logger.info("CSV not parseable, keeping it as plain text: %r", exc)
         return text
     return rendered or text
 
 
-def _sniff_csv(text: str) -> type[csv.Dialect] | None:
+def _sniff_delimiter(text: str) -> str | None:
+    """The delimiter that splits most rows into the same number (at least two) of fields.
+
+    csv.Sniffer is not used: its regexes take quadratic time (seconds on 64 KB of quotes)
+    and it gives up when blank lines make fewer than 90% of lines agree.
+    """
     sample = text[:_CSV_SNIFF_CHARS]
     if len(text) > _CSV_SNIFF_CHARS and "\n" in sample:
-        sample = sample[: sample.rindex("\n")]  # a cut last line misleads the sniffer
-    # The sniffer wants 90% of lines to agree, and blank lines agree with nothing.
-    lines = [line for line in sample.splitlines() if line.strip()]
-    try:
-        return csv.Sniffer().sniff("\n".join(lines), delimiters=_CSV_DELIMITERS)
-    except csv.Error:
-        return _vote_delimiter(lines)
-
-
-def _vote_delimiter(lines: list[str]) -> type[csv.Dialect] | None:
-    """The delimiter that occurs on most lines, for files the sniffer gives up on (ragged
-    rows, quoted newlines); None when no line has any, i.e. the file is prose."""
-    best, best_lines = "", 0
+        sample = sample[: sample.rindex("\n")]  # a cut last line would look ragged
+    best: str | None = None
+    best_score = (_CSV_MIN_CONSISTENCY, 0)
     for delimiter in _CSV_DELIMITERS:
-        count = sum(1 for line in lines if delimiter in line)
-        if count > best_lines:
-            best, best_lines = delimiter, count
-    if not best:
-        return None
+        try:
+            rows = csv.reader(io.StringIO(sample, newline=""), delimiter=delimiter)
+            widths = [len(row) for row in rows if any(cell.strip() for cell in row)]
+        except csv.Error:
+            continue
+        if not widths:
+            continue
+        width, count = Counter(widths).most_common(1)[0]
+        score = (count / len(widths), width)
+        if width >= 2 and score >= best_score:
+            best, best_score = delimiter, score
+    return best
 
-    class Voted(csv.excel):
-        delimiter = best
 
-    return Voted
-
-
-def _render_csv(text: str, dialect: type[csv.Dialect], max_chars: int) -> str:
+def _render_csv(text: str, delimiter: str, max_chars: int) -> str:
     """One line per row, ``header: value; ...``, so each line stands on its own in a chunk."""
     budget = _Budget(max_chars)
     header: list[str] | None = None
     lines = []
-    for row in csv.reader(io.StringIO(text, newline=""), dialect):
+    for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter):
         cells = [cell.strip() for cell in row]
         if not any(cells):
             continue
@@ -879,7 +937,11 @@ _PARALLEL_EXTRACTIONS = 2
 # A worker that parsed many files keeps a fragmented heap; a fresh one costs ~0.3 s.
 _TASKS_PER_WORKER = 25
 _WORKER_START_TIMEOUT_S = 60.0
-_MSG_WORKER_START = "Our document parser failed to start; please try the upload again later."
+_MSG_WORKER_START = "The document parser failed to start; the document will be retried."
+
+
+class ExtractorUnavailable(RuntimeError):
+    """The parser process could not start: our problem, not the file's (retry later)."""
 
 
 def _msg_crashed(limit_mb: int) -> str:
@@ -897,6 +959,22 @@ def _init_worker() -> None:
     # pypdf logs a warning for every quirk of a damaged file; the parent logs the outcome.
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     _set_rlimit(resource.RLIMIT_CORE, 0)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """End this child soon after its parent dies, even by SIGKILL (no orphaned parsers).
+    A watchdog, not prctl(PR_SET_PDEATHSIG): that fires when the parent *thread* that
+    started us exits, which a healthy server's worker threads do."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def _worker_ready() -> bool:
@@ -943,7 +1021,7 @@ class _Worker:
         self._tasks = 0
 
     def run(self, timeout_s: float, max_memory_mb: int, args: tuple[Any, ...]) -> list[Section]:
-        future = self._executor_ready().submit(_extract_in_worker, *args)
+        future = self.ensure_started().submit(_extract_in_worker, *args)
         self._tasks += 1
         try:
             return future.result(timeout=timeout_s)
@@ -961,7 +1039,7 @@ class _Worker:
         except MemoryError:  # unpickling a result the parent itself has no room for
             raise ExtractionError(_msg_memory(max_memory_mb)) from None
 
-    def _executor_ready(self) -> ProcessPoolExecutor:
+    def ensure_started(self) -> ProcessPoolExecutor:
         if self._executor is not None and (
             getattr(self._executor, "_broken", False) or self._tasks >= _TASKS_PER_WORKER
         ):
@@ -986,7 +1064,7 @@ class _Worker:
         except Exception:
             logger.exception("extraction worker failed to start")
             _kill_executor(executor)
-            raise ExtractionError(_MSG_WORKER_START) from None
+            raise ExtractorUnavailable(_MSG_WORKER_START) from None
         return executor
 
     def stop(self) -> None:
@@ -1050,7 +1128,7 @@ def warm_up_extractors() -> None:
     workers = [_idle_workers.get() for _ in range(_PARALLEL_EXTRACTIONS)]
     try:
         for worker in workers:
-            worker._executor_ready()
+            worker.ensure_started()
     finally:
         for worker in workers:
             _idle_workers.put(worker)

@@ -57,10 +57,22 @@ def collection_name(chatbot_id: uuid.UUID) -> str:
 
 class VectorStore:
     def __init__(self, path: Path | None = None, url: str | None = None):
-        self.client = _make_client(path, url)
+        self._path, self._url = path, url
+        self._client: ClientAPI | None = None
         self.location = url or str(path)
         # Creating a collection is not atomic across threads in the embedded client.
         self._create_lock = threading.Lock()
+        self._client_lock = threading.Lock()
+
+    @property
+    def client(self) -> ClientAPI:
+        """Connected on first use, so a Chroma server that is down at startup makes /ready
+        say so instead of stopping the process."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = _make_client(self._path, self._url)
+        return self._client
 
     def heartbeat(self) -> str:
         self.client.heartbeat()

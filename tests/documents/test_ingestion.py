@@ -137,16 +137,12 @@ def test_oversize_upload_refused_without_leftovers(client, settings, tmp_path, d
     assert count.all() == []
 
 
-def test_oversize_with_lying_content_length_is_counted(app, settings, tmp_path):
+def test_oversize_with_lying_content_length_is_counted(app, client, settings, tmp_path):
     """A client that streams more than it declared is stopped by the byte count."""
     import httpx
-    from fastapi.testclient import TestClient
 
-    from tests.factories import register as reg
-
-    with TestClient(app) as local:
-        tenant = reg(local)
-        bot = create_chatbot(local, tenant)
+    tenant = register(client)
+    bot = create_chatbot(client, tenant)
     boundary = "xyzBOUNDARY"
 
     def body():  # type: ignore[no-untyped-def]
@@ -386,3 +382,16 @@ def test_document_listing_paginates_and_filters(client, runtime, tmp_path):
 def test_ready_checks_vector_store_and_model(client, runtime):
     body = client.get("/ready").json()
     assert body["checks"] == {"database": "ok", "vector_store": "ok", "embedding_model": "ok"}
+
+
+def test_failed_document_can_be_uploaded_again(client, runtime, tmp_path, db_session):
+    tenant = register(client)
+    bot = create_chatbot(client, tenant)
+    path = docgen.make_encrypted_pdf(tmp_path / "locked.pdf", "Locked text", "pw")
+    first = upload(client, tenant, bot["id"], path)
+    assert wait_for_document(client, tenant, bot["id"], first["id"])["status"] == "failed"
+    again = upload(client, tenant, bot["id"], path)
+    assert again["id"] != first["id"] and again["status"] == "queued"
+    db_session.expire_all()
+    assert db_session.get(Document, uuid.UUID(first["id"])) is None
+    assert wait_for_document(client, tenant, bot["id"], again["id"])["status"] == "failed"

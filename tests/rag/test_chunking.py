@@ -19,7 +19,7 @@ def test_indexes_are_consecutive_across_sections_and_pages_are_kept() -> None:
     sections = [Section(PROSE, 1), Section(PROSE, 2), Section("Short last page.", 5)]
     chunks = chunk_sections(sections, chunk_size=200, chunk_overlap=20)
     assert [chunk.index for chunk in chunks] == list(range(len(chunks)))
-    pages = [chunk.page for chunk in chunks]
+    pages = [chunk.page or 0 for chunk in chunks]
     assert pages == sorted(pages) and set(pages) == {1, 2, 5}
     assert chunks[-1] == Chunk(text="Short last page.", index=len(chunks) - 1, page=5)
 

@@ -281,6 +281,15 @@ def test_docx_that_is_not_a_zip_is_damaged(tmp_path: Path) -> None:
     assert "damaged" in error_of(path, "docx")
 
 
+def test_docx_with_too_many_parts_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "parts.docx"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("word/document.xml", "<w:document/>")
+        for n in range(10_001):
+            zf.writestr(f"word/media/{n}.txt", "")
+    assert "more than 10,000 parts" in error_of(path)
+
+
 # --------------------------------------------------------------------------------------------
 # HTML
 # --------------------------------------------------------------------------------------------
@@ -334,6 +343,15 @@ def test_html_without_text_is_empty(tmp_path: Path) -> None:
     assert error_of(path) == "The document contains no text."
 
 
+def test_html_nested_very_deep_is_linear(tmp_path: Path) -> None:
+    path = tmp_path / "deep.html"
+    depth = 30_000
+    path.write_text(f"<html><body>{'<div>' * depth}{SENTENCE}{'</div>' * depth}</body></html>")
+    started = time.monotonic()
+    assert full_text(extract(path)) == SENTENCE
+    assert time.monotonic() - started < 5
+
+
 # --------------------------------------------------------------------------------------------
 # Markdown, text, CSV
 # --------------------------------------------------------------------------------------------
@@ -355,6 +373,17 @@ def test_markdown_unclosed_fence_keeps_rest_verbatim(tmp_path: Path) -> None:
     path = tmp_path / "a.md"
     path.write_text("Intro.\n\n```\n![kept](x.png) <img src=y>\n")
     assert "![kept](x.png) <img src=y>" in full_text(extract(path))
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["[a](" * 50_000, "# a" + " " * 200_000 + "b", "<!--" * 50_000, "[x\n" * 50_000, "[" * 200_000],
+)
+def test_markdown_cleanup_takes_linear_time(tmp_path: Path, hostile: str) -> None:
+    path = docgen.make_txt(tmp_path / "hostile.md", f"{SENTENCE}\n{hostile}")
+    started = time.monotonic()
+    assert SENTENCE in full_text(extract(path))
+    assert time.monotonic() - started < 3
 
 
 def test_txt_utf8(tmp_path: Path) -> None:
@@ -442,6 +471,14 @@ def test_csv_with_unparseable_field_falls_back_to_text(tmp_path: Path) -> None:
     assert huge in full_text(extract(path))
 
 
+def test_csv_delimiter_sniffing_takes_linear_time(tmp_path: Path) -> None:
+    # csv.Sniffer needs about 10 s for 64 KB of this.
+    path = docgen.make_txt(tmp_path / "quotes.csv", "a,b\n" + ',"a' * 30_000)
+    started = time.monotonic()
+    extract(path)
+    assert time.monotonic() - started < 3
+
+
 # --------------------------------------------------------------------------------------------
 # decode_text
 # --------------------------------------------------------------------------------------------
@@ -493,8 +530,8 @@ def test_unknown_type_is_refused(tmp_path: Path) -> None:
 
 def test_missing_file_is_an_extraction_error(tmp_path: Path) -> None:
     for file_type in sorted(SUPPORTED_TYPES):
-        with pytest.raises(ExtractionError):
-            extract(tmp_path / "gone", file_type)
+        message = error_of(tmp_path / "gone", file_type)
+        assert message == "We could not read the uploaded file; upload it again."
 
 
 @pytest.mark.parametrize("file_type", sorted(SUPPORTED_TYPES))
@@ -677,8 +714,8 @@ def test_corpus_file_extracts_or_fails_with_a_reason(path: Path) -> None:
     if path.name in CORPUS_TEXT:
         assert CORPUS_TEXT[path.name] in text
     if file_type == "pdf":
-        pages = [section.page for section in sections]
-        assert pages == sorted(set(pages)) and all(page and page >= 1 for page in pages)
+        pages = [section.page or 0 for section in sections]
+        assert pages == sorted(set(pages)) and min(pages) >= 1
 
 
 @pytest.mark.parametrize(

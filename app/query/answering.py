@@ -1,0 +1,203 @@
+"""Turns a prepared question into an answer: JSON, or Server-Sent Events.
+
+Every blocking step runs in a thread; the LLM is awaited. Whatever happens after tokens were
+reserved ends in exactly one of `finish` (charge what was used, write history) or `abandon`
+(give everything back), also when the visitor disconnects mid-stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import anyio
+from anyio import to_thread
+
+from app.core.db import Database
+from app.core.errors import LLMUnavailable
+from app.query import service
+from app.query.schemas import DemoResponse, QueryResponse, Usage
+from app.query.service import Prepared
+from app.rag.llm import LLMError, StreamDelta, StreamUsage
+from app.runtime import Runtime
+
+log = logging.getLogger("app.query")
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+    "Connection": "keep-alive",
+}
+
+
+def _temperature(runtime: Runtime, prepared: Prepared) -> float:
+    chosen = prepared.asker.temperature
+    return runtime.settings.LLM_TEMPERATURE if chosen is None else chosen
+
+
+def response_body(
+    prepared: Prepared, answer: str, input_tokens: int, output_tokens: int
+) -> QueryResponse:
+    fields: dict[str, Any] = {
+        "answer": answer,
+        "sources": [service.source_dict(h) for h in prepared.hits],
+        "usage": Usage(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            total_tokens=input_tokens + output_tokens,
+        ),
+        "session_id": prepared.session_id,
+        "message_id": prepared.message_id,
+        "mode": prepared.mode,
+    }
+    if prepared.demo_remaining is not None:
+        return DemoResponse(**fields, demo_messages_remaining=prepared.demo_remaining)
+    return QueryResponse(**fields)
+
+
+async def _counted(runtime: Runtime, prepared: Prepared, answer: str) -> tuple[int, int]:
+    """Tokens for answers that did not come with the provider's usage."""
+    if prepared.mode == "fallback":
+        return 0, 0
+    output = await to_thread.run_sync(service.count_tokens, runtime, answer)
+    return prepared.estimated_input, output
+
+
+async def answer_json(runtime: Runtime, db: Database, prepared: Prepared) -> QueryResponse:
+    if prepared.mode != "llm":
+        answer = prepared.answer
+        input_tokens, output_tokens = await _counted(runtime, prepared, answer)
+    else:
+        try:
+            completion = await runtime.llm.complete(
+                prepared.messages,
+                max_tokens=runtime.settings.LLM_MAX_TOKENS,
+                temperature=_temperature(runtime, prepared),
+            )
+        except (LLMError, asyncio.CancelledError) as exc:
+            with anyio.CancelScope(shield=True):
+                await to_thread.run_sync(service.abandon, db, prepared)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            log.warning("llm failed", extra={"reason": str(exc)})
+            raise LLMUnavailable() from exc
+        answer = completion.text
+        if completion.input_tokens is None or completion.output_tokens is None:
+            input_tokens, output_tokens = await _counted(runtime, prepared, answer)
+        else:
+            input_tokens, output_tokens = completion.input_tokens, completion.output_tokens
+    with anyio.CancelScope(shield=True):
+        await to_thread.run_sync(service.finish, db, prepared, answer, input_tokens, output_tokens)
+    return response_body(prepared, answer, input_tokens, output_tokens)
+
+
+def sse(event: str, data: object) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, default=str)}\n\n".encode()
+
+
+async def _pieces(prepared: Prepared) -> AsyncGenerator[StreamDelta | StreamUsage, None]:
+    """A precomputed answer (extractive, fallback) streamed a few words at a time."""
+    words = prepared.answer.split(" ")
+    for start in range(0, len(words), 8):
+        piece = " ".join(words[start : start + 8])
+        yield StreamDelta(piece if start + 8 >= len(words) else piece + " ")
+    yield StreamUsage(None, None)
+
+
+async def answer_stream(runtime: Runtime, db: Database, prepared: Prepared) -> AsyncIterator[bytes]:
+    heartbeat = runtime.settings.SSE_HEARTBEAT_SECONDS
+    source: AsyncGenerator[StreamDelta | StreamUsage, None] = (
+        runtime.llm.stream(
+            prepared.messages,
+            max_tokens=runtime.settings.LLM_MAX_TOKENS,
+            temperature=_temperature(runtime, prepared),
+        )
+        if prepared.mode == "llm"
+        else _pieces(prepared)
+    )
+    parts: list[str] = []
+    usage: StreamUsage | None = None
+    settled = False
+    try:
+        yield sse("sources", [service.source_dict(h) for h in prepared.hits])
+        async with aclosing(source) as items:
+            iterator = items.__aiter__()
+            while True:
+                next_item = asyncio.ensure_future(iterator.__anext__())
+                try:
+                    while True:
+                        done, _ = await asyncio.wait({next_item}, timeout=heartbeat)
+                        if done:
+                            break
+                        yield b": keep-alive\n\n"
+                    item = next_item.result()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    if not next_item.done():
+                        next_item.cancel()
+                if isinstance(item, StreamDelta):
+                    parts.append(item.text)
+                    yield sse("token", {"text": item.text})
+                else:
+                    usage = item
+        answer = "".join(parts)
+        if usage is not None and usage.input_tokens is not None and usage.output_tokens is not None:
+            input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
+        else:
+            input_tokens, output_tokens = await _counted(runtime, prepared, answer)
+        with anyio.CancelScope(shield=True):
+            await to_thread.run_sync(
+                service.finish, db, prepared, answer, input_tokens, output_tokens
+            )
+        settled = True
+        yield sse(
+            "done",
+            {
+                "usage": Usage(
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    total_tokens=input_tokens + output_tokens,
+                ).model_dump(),
+                "message_id": str(prepared.message_id),
+                "session_id": prepared.session_id,
+                "mode": prepared.mode,
+                **(
+                    {"demo_messages_remaining": prepared.demo_remaining}
+                    if prepared.demo_remaining is not None
+                    else {}
+                ),
+            },
+        )
+    except LLMError as exc:
+        # A failed LLM call charges nothing, even if part of the answer was shown.
+        log.warning("llm failed while streaming", extra={"reason": str(exc)})
+        with anyio.CancelScope(shield=True):
+            await to_thread.run_sync(service.abandon, db, prepared)
+        settled = True
+        error = LLMUnavailable()
+        yield sse("error", error.body())
+    finally:
+        if not settled:
+            # The visitor went away (or something unexpected happened) mid-answer.
+            with anyio.CancelScope(shield=True):
+                await _settle_partial(runtime, db, prepared, parts)
+
+
+async def _settle_partial(
+    runtime: Runtime, db: Database, prepared: Prepared, parts: list[str]
+) -> None:
+    """What was generated before the stream ended early is charged (the provider billed it)
+    and kept as an interrupted answer; with nothing generated, nothing is charged."""
+    if not parts or prepared.mode != "llm":
+        await to_thread.run_sync(service.abandon, db, prepared)
+        return
+    answer = "".join(parts)
+    input_tokens, output_tokens = await _counted(runtime, prepared, answer)
+    await to_thread.run_sync(
+        lambda: service.finish(db, prepared, answer, input_tokens, output_tokens, interrupted=True)
+    )

@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from anyio import to_thread
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import func, select
+
+from app.auth.dependencies import QueryUser
+from app.chatbots.dependencies import OwnedChatbot
+from app.core.db import SessionDep, get_database
+from app.core.deps import ClientIP, LimiterDep, SettingsDep
+from app.core.errors import AppError, OriginNotAllowed
+from app.core.schemas import Page, Pagination, errors
+from app.models import ChatHistory
+from app.query import service
+from app.query.answering import SSE_HEADERS, answer_json, answer_stream
+from app.query.schemas import DemoResponse, HistoryItem, QueryRequest, QueryResponse
+from app.query.service import Asker
+from app.runtime import Runtime, RuntimeDep
+
+router = APIRouter(tags=["query"])
+
+_STREAM_DOC = {
+    "content": {
+        "text/event-stream": {
+            "schema": {"type": "string"},
+            "example": 'event: sources\ndata: [...]\n\nevent: token\ndata: {"text": "Hi"}\n\n'
+            'event: done\ndata: {"usage": {...}, "message_id": "...", "session_id": "..."}\n\n',
+        }
+    },
+    "description": "JSON, or Server-Sent Events with `stream: true` or `Accept: text/event-stream`",
+}
+PUBLIC_ERRORS = errors(401, 403, 404, 409, 402, 422, 429, 503)
+
+
+def _cors_headers(origin: str) -> dict[str, str]:
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Methods": "POST, OPTIONS",
+        "Access-Control-Allow-Headers": "Content-Type, X-API-Key, Accept",
+        "Access-Control-Expose-Headers": "Retry-After, X-Request-ID",
+        "Access-Control-Max-Age": "600",
+        "Vary": "Origin",
+    }
+
+
+async def _answer(runtime: Runtime, asker: Asker, body: QueryRequest, request: Request) -> Response:
+    db = get_database()
+    session_id = body.session_id or uuid.uuid4().hex
+    prepared = await to_thread.run_sync(
+        service.prepare, runtime, db, asker, body.question, session_id
+    )
+    if body.stream or "text/event-stream" in request.headers.get("accept", ""):
+        return StreamingResponse(
+            answer_stream(runtime, db, prepared),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+    result = await answer_json(runtime, db, prepared)
+    return JSONResponse(result.model_dump(mode="json"))
+
+
+@router.options(
+    "/api/public/{chatbot_id}/query",
+    include_in_schema=False,
+)
+async def public_query_preflight(
+    chatbot_id: uuid.UUID, origin: Annotated[str | None, Header()] = None
+) -> Response:
+    """CORS preflight: allowed origins get CORS headers; others a 403 without them."""
+    asker = await to_thread.run_sync(service.load_public_chatbot, get_database(), chatbot_id)
+    if not origin:
+        return Response(status_code=204)
+    if not service.origin_allowed(asker.allowed_origins, origin):
+        raise OriginNotAllowed()
+    return Response(status_code=204, headers=_cors_headers(origin))
+
+
+@router.post(
+    "/api/public/{chatbot_id}/query",
+    response_model=QueryResponse,
+    responses={200: _STREAM_DOC, **PUBLIC_ERRORS},
+    summary="Ask a chatbot (public: its API key in X-API-Key; for websites and the widget)",
+)
+async def public_query(
+    chatbot_id: uuid.UUID,
+    body: QueryRequest,
+    request: Request,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    limiter: LimiterDep,
+    ip: ClientIP,
+    x_api_key: Annotated[str | None, Header()] = None,
+    origin: Annotated[str | None, Header()] = None,
+) -> Response:
+    allowed_origin: str | None = None
+    try:
+        asker = await to_thread.run_sync(
+            service.admit_public,
+            get_database(),
+            limiter,
+            settings,
+            chatbot_id,
+            x_api_key,
+            origin,
+            ip,
+        )
+        allowed_origin = origin
+        response = await _answer(runtime, asker, body, request)
+    except AppError as exc:
+        if allowed_origin:
+            exc.headers = {**(exc.headers or {}), **_cors_headers(allowed_origin)}
+        raise
+    if allowed_origin:
+        response.headers.update(_cors_headers(allowed_origin))
+    return response
+
+
+@router.post(
+    "/api/{customer_id}/{chatbot_id}/query",
+    response_model=QueryResponse,
+    responses={200: _STREAM_DOC, **errors(401, 402, 403, 404, 409, 422, 503)},
+    summary="Ask one of your chatbots (JWT)",
+)
+async def customer_query(
+    customer_id: uuid.UUID,
+    chatbot_id: uuid.UUID,
+    body: QueryRequest,
+    request: Request,
+    user: QueryUser,
+    runtime: RuntimeDep,
+) -> Response:
+    asker = await to_thread.run_sync(
+        lambda: service.admit_user(
+            get_database(),
+            user.id,
+            user.customer_id,
+            chatbot_id,
+            path_customer_id=customer_id,
+        )
+    )
+    return await _answer(runtime, asker, body, request)
+
+
+@router.post(
+    "/api/chatbots/{chatbot_id}/demo",
+    response_model=DemoResponse,
+    responses={200: _STREAM_DOC, **errors(401, 404, 409, 422, 429, 503)},
+    summary="Try a chatbot: 10 free messages per chatbot (JWT)",
+)
+async def demo_query(
+    chatbot_id: uuid.UUID,
+    body: QueryRequest,
+    request: Request,
+    user: QueryUser,
+    runtime: RuntimeDep,
+) -> Response:
+    asker = await to_thread.run_sync(
+        lambda: service.admit_user(get_database(), user.id, user.customer_id, chatbot_id, demo=True)
+    )
+    return await _answer(runtime, asker, body, request)
+
+
+@router.get(
+    "/api/chatbots/{chatbot_id}/history",
+    response_model=Page[HistoryItem],
+    responses=errors(401, 404, 422),
+    summary="Answered questions, newest first (optionally one session)",
+)
+def history(
+    chatbot: OwnedChatbot,
+    session: SessionDep,
+    page: Pagination,
+    session_id: Annotated[str | None, Query(max_length=64)] = None,
+) -> Page[HistoryItem]:
+    scope = select(ChatHistory).where(ChatHistory.chatbot_id == chatbot.id)
+    if session_id is not None:
+        scope = scope.where(ChatHistory.session_id == session_id.replace("\x00", ""))
+    total = session.scalar(select(func.count()).select_from(scope.subquery())) or 0
+    rows = session.scalars(
+        scope.order_by(ChatHistory.timestamp.desc(), ChatHistory.id)
+        .limit(page.limit)
+        .offset(page.offset)
+    ).all()
+    return Page[HistoryItem](
+        items=[HistoryItem.model_validate(r) for r in rows],
+        total=total,
+        limit=page.limit,
+        offset=page.offset,
+    )

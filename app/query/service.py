@@ -1,0 +1,329 @@
+"""The query path's blocking steps (database, model, vector store), each run in a thread.
+
+admit (who asks, may they) -> prepare (retrieve, build the prompt, reserve tokens or a demo
+slot) -> the LLM (async, elsewhere) -> finish (settle tokens and write history in one
+transaction) or abandon (give the reservation back).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from limits import parse
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.billing.service import release_tokens, reserve_tokens, settle_tokens
+from app.core.config import Settings
+from app.core.db import Database
+from app.core.errors import (
+    Conflict,
+    DemoLimitReached,
+    Forbidden,
+    InsufficientTokens,
+    InvalidApiKey,
+    NotFound,
+    OriginNotAllowed,
+    RateLimited,
+)
+from app.core.ratelimit import RateLimiter
+from app.core.security import api_keys_match
+from app.models import Chatbot, ChatHistory, User
+from app.rag.prompting import Turn, build_messages, extractive_answer
+from app.rag.vector_store import EmbeddingModelMismatch, Hit
+from app.runtime import Runtime
+
+
+class ReindexNeeded(Conflict):
+    code = "embedding_model_mismatch"
+
+
+@dataclass(frozen=True)
+class Asker:
+    """Who asks which chatbot, resolved before any work is done."""
+
+    chatbot_id: uuid.UUID
+    customer_id: uuid.UUID
+    system_prompt: str | None
+    temperature: float | None
+    top_k: int
+    allowed_origins: tuple[str, ...]
+    api_key: str = field(default="", repr=False)
+    user_id: uuid.UUID | None = None
+    demo: bool = False
+
+
+@dataclass
+class Prepared:
+    asker: Asker
+    question: str
+    session_id: str
+    hits: list[Hit]
+    mode: str
+    messages: list[dict[str, str]]
+    reserved: int
+    estimated_input: int
+    started: float
+    answer: str = ""  # known in advance for the extractive and fallback modes
+    demo_remaining: int | None = None
+    message_id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+def _asker(chatbot: Chatbot, user_id: uuid.UUID | None = None, demo: bool = False) -> Asker:
+    return Asker(
+        chatbot_id=chatbot.id,
+        customer_id=chatbot.customer_id,
+        system_prompt=chatbot.system_prompt,
+        temperature=chatbot.temperature,
+        top_k=chatbot.top_k,
+        allowed_origins=tuple(chatbot.allowed_origins or ()),
+        api_key=chatbot.api_key,
+        user_id=user_id,
+        demo=demo,
+    )
+
+
+# --- admission ---
+
+
+def origin_allowed(allowed: tuple[str, ...] | list[str], origin: str | None) -> bool:
+    """No Origin header (a server calling us) or an empty list: allowed."""
+    if not origin or not allowed:
+        return True
+    return origin.strip().rstrip("/").lower() in allowed
+
+
+def load_public_chatbot(db: Database, chatbot_id: uuid.UUID) -> Asker:
+    with db.session() as session:
+        chatbot = session.get(Chatbot, chatbot_id)
+        if chatbot is None:
+            raise NotFound("Chatbot not found.")
+        return _asker(chatbot)
+
+
+def admit_public(
+    db: Database,
+    limiter: RateLimiter,
+    settings: Settings,
+    chatbot_id: uuid.UUID,
+    api_key: str | None,
+    origin: str | None,
+    client_ip: str,
+) -> Asker:
+    """Checks in the contract's order: 404, 401, 403, 429."""
+    asker = load_public_chatbot(db, chatbot_id)
+    if not api_keys_match(api_key, asker.api_key):
+        raise InvalidApiKey()
+    if not origin_allowed(asker.allowed_origins, origin):
+        raise OriginNotAllowed()
+    for limit, key in (
+        (settings.RATE_LIMIT_PUBLIC_PER_CLIENT, ("public-client", str(chatbot_id), client_ip)),
+        (settings.RATE_LIMIT_PUBLIC_PER_CHATBOT, ("public-chatbot", str(chatbot_id))),
+    ):
+        decision = limiter.hit(parse(limit), *key)
+        if not decision.allowed:
+            raise RateLimited(
+                "Too many questions in a short time; retry later.",
+                retry_after=decision.retry_after,
+            )
+    return asker
+
+
+def admit_user(
+    db: Database,
+    user_id: uuid.UUID,
+    token_customer_id: uuid.UUID,
+    chatbot_id: uuid.UUID,
+    *,
+    path_customer_id: uuid.UUID | None = None,
+    demo: bool = False,
+) -> Asker:
+    if path_customer_id is not None and path_customer_id != token_customer_id:
+        raise Forbidden("This customer_id is not the one your token belongs to.")
+    with db.session() as session:
+        chatbot = session.scalar(
+            select(Chatbot).where(
+                Chatbot.id == chatbot_id, Chatbot.customer_id == token_customer_id
+            )
+        )
+        if chatbot is None:
+            raise NotFound("Chatbot not found.")
+        return _asker(chatbot, user_id=user_id, demo=demo)
+
+
+def load_user(db: Database, user_id: uuid.UUID) -> User | None:
+    with db.session() as session:
+        return session.get(User, user_id)
+
+
+# --- preparation ---
+
+
+def prepare(
+    runtime: Runtime, db: Database, asker: Asker, question: str, session_id: str
+) -> Prepared:
+    started = time.perf_counter()
+    settings = runtime.settings
+    hits = retrieve(runtime, asker, question)
+    with db.session() as session:
+        history = _recent_turns(session, asker.chatbot_id, session_id, settings.HISTORY_TURNS)
+    if not hits:
+        mode, messages, answer = "fallback", [], settings.FALLBACK_MESSAGE
+    elif runtime.llm.configured:
+        mode, answer = "llm", ""
+        messages = build_messages(asker.system_prompt, hits, history, question)
+    else:
+        mode, messages, answer = "extractive", [], extractive_answer(hits)
+    estimated_input, reserve = _cost(runtime, mode, messages, question, answer)
+    prepared = Prepared(
+        asker=asker,
+        question=question,
+        session_id=session_id,
+        hits=hits,
+        mode=mode,
+        messages=messages,
+        reserved=0,
+        estimated_input=estimated_input,
+        started=started,
+        answer=answer,
+    )
+    with db.session() as session:
+        if asker.demo:
+            prepared.demo_remaining = _take_demo_slot(session, asker.chatbot_id, settings)
+        elif reserve > 0:
+            if not reserve_tokens(session, asker.customer_id, reserve):
+                raise InsufficientTokens(
+                    f"This question needs up to {reserve} tokens and the balance is lower; "
+                    "buy a token pack to continue."
+                )
+            prepared.reserved = reserve
+    return prepared
+
+
+def retrieve(runtime: Runtime, asker: Asker, question: str) -> list[Hit]:
+    embedder = runtime.embedder
+    vector = embedder.embed_query(question)
+    try:
+        hits = runtime.store.query(asker.chatbot_id, embedder.model_name, vector, asker.top_k)
+    except EmbeddingModelMismatch as exc:
+        raise ReindexNeeded(
+            f"This chatbot's documents were embedded with {exc.stored_model}, but the server "
+            f"now uses {exc.current_model}; reindex it: POST /api/chatbots/{asker.chatbot_id}"
+            "/reindex."
+        ) from exc
+    return [h for h in hits if h.score >= runtime.settings.MIN_SCORE]
+
+
+def _recent_turns(session: Session, chatbot_id: uuid.UUID, session_id: str, n: int) -> list[Turn]:
+    if n <= 0:
+        return []
+    rows = session.execute(
+        select(ChatHistory.question, ChatHistory.answer)
+        .where(ChatHistory.chatbot_id == chatbot_id, ChatHistory.session_id == session_id)
+        .order_by(ChatHistory.timestamp.desc())
+        .limit(n)
+    ).all()
+    return [Turn(q, a) for q, a in reversed(rows)]
+
+
+def count_tokens(runtime: Runtime, text: str) -> int:
+    """Our count where the provider gives none: the embedding model's tokenizer, which is
+    close to the LLM's for Latin and CJK text."""
+    return runtime.embedder.token_length(text) if text else 0
+
+
+def _cost(
+    runtime: Runtime, mode: str, messages: list[dict[str, str]], question: str, answer: str
+) -> tuple[int, int]:
+    """(estimated input tokens, the reservation: an upper bound for the whole request)."""
+    if mode == "fallback":
+        return 0, 0
+    if mode == "extractive":
+        estimated = count_tokens(runtime, question)
+        return estimated, estimated + count_tokens(runtime, answer)
+    estimated = sum(count_tokens(runtime, m["content"]) + 4 for m in messages)
+    # A margin for the provider's tokenizer counting differently from ours.
+    return estimated, math.ceil(estimated * 1.15) + 16 + runtime.settings.LLM_MAX_TOKENS
+
+
+def _take_demo_slot(session: Session, chatbot_id: uuid.UUID, settings: Settings) -> int:
+    count = session.scalar(
+        update(Chatbot)
+        .where(Chatbot.id == chatbot_id, Chatbot.demo_message_count < settings.DEMO_MESSAGE_LIMIT)
+        .values(demo_message_count=Chatbot.demo_message_count + 1)
+        .returning(Chatbot.demo_message_count)
+    )
+    if count is None:
+        raise DemoLimitReached(
+            f"This chatbot has used its {settings.DEMO_MESSAGE_LIMIT} free demo messages; "
+            "use the query endpoints (tokens are charged) instead.",
+            retry_after=3600,
+        )
+    return settings.DEMO_MESSAGE_LIMIT - int(count)
+
+
+# --- settlement ---
+
+
+def finish(
+    db: Database,
+    prepared: Prepared,
+    answer: str,
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    interrupted: bool = False,
+) -> None:
+    """Charge the real tokens and write the history row, in one transaction."""
+    asker = prepared.asker
+    with db.session() as session:
+        if not asker.demo and (prepared.reserved or input_tokens or output_tokens):
+            settle_tokens(
+                session, asker.customer_id, prepared.reserved, input_tokens, output_tokens
+            )
+        session.add(
+            ChatHistory(
+                id=prepared.message_id,
+                chatbot_id=asker.chatbot_id,
+                user_id=asker.user_id,
+                session_id=prepared.session_id,
+                question=prepared.question,
+                answer=answer,
+                sources=[source_dict(h) for h in prepared.hits],
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                latency_ms=int((time.perf_counter() - prepared.started) * 1000),
+                mode=prepared.mode,
+                is_demo=asker.demo,
+                interrupted=interrupted,
+            )
+        )
+
+
+def abandon(db: Database, prepared: Prepared) -> None:
+    """The answer failed: give back the reservation (or the demo slot); nothing is charged."""
+    asker = prepared.asker
+    with db.session() as session:
+        if asker.demo:
+            session.execute(
+                update(Chatbot)
+                .where(Chatbot.id == asker.chatbot_id, Chatbot.demo_message_count > 0)
+                .values(demo_message_count=Chatbot.demo_message_count - 1)
+            )
+        elif prepared.reserved:
+            release_tokens(session, asker.customer_id, prepared.reserved)
+
+
+def source_dict(hit: Hit) -> dict[str, object]:
+    page = hit.metadata.get("page")
+    return {
+        "document_id": str(hit.metadata.get("document_id", "")),
+        "filename": str(hit.metadata.get("filename", "")),
+        "chunk_index": int(hit.metadata.get("chunk_index", 0)),
+        "page": int(page) if page is not None else None,
+        "score": round(hit.score, 4),
+        "text": hit.text,
+    }

@@ -1,0 +1,652 @@
+"""Ingestion throughput: the whole pipeline against the raw embedding model.
+
+Ingests a set of documents through the real API and worker (uvicorn subprocess, SQLite or
+PostgreSQL, embedded Chroma, all in a temporary folder) and prints:
+
+- the pipeline rate: chunks stored / (last document finished - first upload started);
+- the raw ``model.encode`` rate on the very same chunk texts (read back from Chroma after the
+  server has stopped, so the two never share the CPU), and ``Embedder.embed_passages`` (what
+  the worker calls: encode + normalisation + conversion to lists);
+- their ratio, PASS/FAIL against the target (0.85);
+- each file's detected type, end status, chunk count and reason.
+
+    .venv/bin/python bench/ingest.py                          # 30 generated documents
+    .venv/bin/python bench/ingest.py --docs 12 --scale 0.5    # fewer, smaller documents
+    .venv/bin/python bench/ingest.py --corpus                 # ../shared/corpus
+    .venv/bin/python bench/ingest.py --corpus DIR --postgres --json out.json
+
+Generated documents are deterministic (``--seed``): prose drawn from a fixed word list, as
+txt, md, html, csv, docx and pdf in turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+for _key, _value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")):
+    os.environ.setdefault(_key, _value)
+
+from bench._server import BenchServer, ServerError, install_sigterm_handler  # noqa: E402
+
+DEFAULT_CORPUS = (REPO.parent / "shared" / "corpus").resolve()
+# Files in the corpus folder that describe it rather than belong to it.
+CORPUS_META = {"README.md", "SOURCES.tsv"}
+TARGET_RATIO = 0.85
+TYPES = ("txt", "md", "html", "csv", "docx", "pdf")
+
+# --------------------------------------------------------------------------------------------
+# Generated documents
+# --------------------------------------------------------------------------------------------
+
+WORDS = """
+the of and to a in is that for it as with was on be by this are or at from have an which not
+but all can has more one their will other were they about also been its if would into these
+when only new some time there than first after most many two such may over should where any
+customer account order delivery invoice payment refund warranty product service support team
+request ticket answer question policy contract subscription plan price discount tax shipping
+return exchange device battery screen charger cable adapter firmware update setting password
+login profile address phone email message notification report dashboard export import file
+document folder backup storage server network connection signal router printer scanner camera
+speaker microphone keyboard mouse monitor laptop tablet kitchen blender oven kettle fridge
+filter water pressure temperature heating cooling fan motor engine brake tire wheel seat door
+window light lamp switch socket plug fuse circuit voltage power energy solar panel inverter
+garden lawn hedge tree soil seed plant flower harvest season winter summer spring autumn
+morning evening week month year hour minute schedule meeting office branch store warehouse
+supplier partner manager employee staff volunteer student teacher patient doctor nurse clinic
+hospital pharmacy prescription appointment insurance claim coverage premium deductible
+benefit pension salary holiday leave training course lesson exam certificate licence permit
+regulation safety hazard inspection maintenance repair replacement installation assembly
+instructions manual guide checklist procedure step stage phase project budget estimate quote
+cost fee charge balance credit debit transfer bank card limit statement interest loan mortgage
+property rent lease tenant landlord deposit utility bill meter reading council district region
+city village harbour bridge road railway station airport flight ticket passenger luggage hotel
+booking reservation cancellation guest room breakfast menu recipe ingredient flour sugar butter
+cheese bread coffee tea juice bottle package label barcode size weight colour material cotton
+steel wood glass plastic paper recycling waste cleaning detergent stain surface floor wall roof
+quickly carefully usually always never often sometimes rarely immediately later together
+important available necessary possible different similar simple difficult correct wrong early
+late local national international public private annual monthly weekly daily free extra
+standard premium basic advanced secure reliable fast slow large small long short high low full
+empty open closed active inactive pending approved rejected completed damaged missing lost
+check confirm cancel change replace install remove connect restart reset contact visit call
+send receive include require provide allow prevent reduce increase improve protect keep follow
+explain describe mention compare choose select enter save print sign register renew expire
+""".split()
+
+NAMES = """
+Acme Northwind Contoso Fabrikam Globex Initech Umbrella Hooli Vandelay Stark Wayne Tyrell
+Lisbon Oslo Porto Bergen Leeds Utrecht Ghent Lyon Turin Graz Krakow Tartu Cork Aarhus
+""".split()
+
+CODE_SNIPPET = (
+    'curl -s -X POST "$BASE/api/orders" -H "Authorization: Bearer $TOKEN" \\\n'
+    '  -d \'{"sku": "A-1042", "quantity": 2}\''
+)
+
+
+class ProseGenerator:
+    """Deterministic, roughly natural text: Zipf-distributed words, sentences of varied length."""
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+        vocabulary = list(WORDS)
+        self.rng.shuffle(vocabulary)
+        # Function words stay frequent: keep the first 40 in front after the shuffle above.
+        vocabulary = WORDS[:40] + [w for w in vocabulary if w not in WORDS[:40]]
+        self.vocabulary = vocabulary
+        self.weights = [1.0 / (rank + 1) ** 0.9 for rank in range(len(vocabulary))]
+
+    def sentence(self) -> str:
+        rng = self.rng
+        count = max(4, int(rng.gauss(16, 6)))
+        words = rng.choices(self.vocabulary, self.weights, k=count)
+        if rng.random() < 0.25:
+            words.insert(rng.randrange(len(words)), rng.choice(NAMES))
+        if rng.random() < 0.2:
+            number = rng.choice([str(rng.randint(2, 120)), f"{rng.randint(1, 99)}%", "2024"])
+            words.insert(rng.randrange(len(words)), number)
+        if count > 10 and rng.random() < 0.5:
+            cut = rng.randrange(3, count - 3)
+            words[cut] += ","
+        text = " ".join(words)
+        end = rng.choices([".", "?", "!", ":"], [90, 6, 2, 2])[0]
+        return text[0].upper() + text[1:] + end
+
+    def paragraph(self, sentences: tuple[int, int] = (2, 8)) -> str:
+        return " ".join(self.sentence() for _ in range(self.rng.randint(*sentences)))
+
+    def title(self, words: int = 4) -> str:
+        picked = self.rng.choices(self.vocabulary[40:], k=words)
+        return " ".join(w.capitalize() for w in picked)
+
+    def paragraphs(self, chars: int) -> list[str]:
+        out: list[str] = []
+        total = 0
+        while total < chars:
+            out.append(self.paragraph())
+            total += len(out[-1]) + 2
+        return out
+
+
+def _html_page(gen: ProseGenerator, title: str, paragraphs: list[str]) -> str:
+    body: list[str] = []
+    for index, text in enumerate(paragraphs):
+        if index % 4 == 0:
+            body.append(f"<h2>{gen.title()}</h2>")
+        if index % 7 == 3:
+            items = "".join(f"<li>{gen.sentence()}</li>" for _ in range(gen.rng.randint(2, 5)))
+            body.append(f"<ul>{items}</ul>")
+        body.append(f"<p>{text}</p>")
+    nav = "".join(f'<li><a href="/{w}">{w.capitalize()}</a></li>' for w in gen.vocabulary[40:52])
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{title}</title><style>body {{ font-family: sans-serif; }}</style>"
+        "<script>window.dataLayer = window.dataLayer || [];</script></head>\n<body>"
+        f'<header><a href="/">Home</a></header><nav><ul>{nav}</ul></nav>\n'
+        f"<main><article><h1>{title}</h1>\n" + "\n".join(body) + "</article></main>\n"
+        "<aside>Related: see our other guides.</aside>"
+        "<footer>Copyright 2024. All rights reserved.</footer></body></html>\n"
+    )
+
+
+def _markdown(gen: ProseGenerator, title: str, paragraphs: list[str]) -> str:
+    out = [f"# {title}", ""]
+    for index, text in enumerate(paragraphs):
+        if index % 4 == 0 and index:
+            out += [f"## {gen.title()}", ""]
+        out += [text, ""]
+        if index % 6 == 2:
+            out += [f"- {gen.sentence()}" for _ in range(gen.rng.randint(2, 5))] + [""]
+        if index % 15 == 9:
+            out += ["```bash", CODE_SNIPPET, "```", ""]
+    return "\n".join(out)
+
+
+def _csv_rows(gen: ProseGenerator, chars: int) -> list[list[str]]:
+    rows: list[list[str]] = []
+    total = 0
+    while total < chars:
+        row = [
+            f"SKU-{len(rows) + 1000}",
+            gen.title(3),
+            gen.rng.choice(["hardware", "kitchen", "garden", "service", "spare part"]),
+            " ".join(gen.sentence() for _ in range(gen.rng.randint(1, 3))),
+            f"{gen.rng.uniform(2, 900):.2f}",
+            gen.sentence() if gen.rng.random() < 0.4 else "",
+        ]
+        rows.append(row)
+        total += sum(len(c) for c in row) + 6
+    return rows
+
+
+def _pdf_pages(paragraphs: list[str], page_chars: int = 3200) -> list[str]:
+    pages: list[str] = []
+    current: list[str] = []
+    size = 0
+    for text in paragraphs:
+        current.append(text)
+        size += len(text)
+        if size >= page_chars:
+            pages.append("\n".join(current))
+            current, size = [], 0
+    if current:
+        pages.append("\n".join(current))
+    return pages
+
+
+def document_sizes(count: int, scale: float, seed: int) -> list[int]:
+    """Characters per document: log-normal around 45k (a few pages to a small manual)."""
+    rng = random.Random(seed + 1)
+    sizes = [
+        min(250_000, max(3_000, int(rng.lognormvariate(math.log(45_000), 0.7))))
+        for _ in range(count)
+    ]
+    return [max(500, int(s * scale)) for s in sizes]
+
+
+def generate_documents(folder: Path, count: int, scale: float, seed: int) -> list[Path]:
+    from tests import docgen
+
+    gen = ProseGenerator(seed)
+    paths: list[Path] = []
+    for index, chars in enumerate(document_sizes(count, scale, seed)):
+        kind = TYPES[index % len(TYPES)]
+        title = gen.title()
+        stem = f"{index + 1:03d}_{title.lower().replace(' ', '-')}"
+        path = folder / f"{stem}.{kind}"
+        if kind == "csv":
+            header = ["sku", "name", "category", "description", "price", "notes"]
+            docgen.make_csv(path, header, _csv_rows(gen, chars), blank_rows=False)
+            paths.append(path)
+            continue
+        paragraphs = gen.paragraphs(chars)
+        if kind == "txt":
+            docgen.make_txt(path, f"{title}\n\n" + "\n\n".join(paragraphs) + "\n")
+        elif kind == "md":
+            path.write_text(_markdown(gen, title, paragraphs), encoding="utf-8")
+        elif kind == "html":
+            path.write_text(_html_page(gen, title, paragraphs), encoding="utf-8")
+        elif kind == "docx":
+            table = [["Item", "Detail", "Price"]] + [
+                [gen.title(2), gen.sentence(), f"{gen.rng.uniform(1, 500):.2f}"]
+                for _ in range(gen.rng.randint(3, 12))
+            ]
+            docgen.make_docx(path, [title, *paragraphs], table)
+        else:
+            docgen.make_pdf(path, _pdf_pages(paragraphs))
+        paths.append(path)
+    return paths
+
+
+def corpus_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name not in CORPUS_META)
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def ingest(server: BenchServer, files: Sequence[Path], timeout: float) -> dict[str, Any]:
+    """Upload every file, wait until none is queued/processing; the pipeline figures."""
+    tenant = server.register_tenant()
+    bot = server.create_chatbot(tenant)
+    rows: dict[str, dict[str, Any]] = {}
+    started_wall = datetime.now(UTC)
+    started = _now()
+    for path in files:
+        response = server.upload(tenant, bot["id"], path)
+        body = response.json() if response.content else {}
+        if response.status_code == 202:
+            rows[body["id"]] = {"id": body["id"], "file": path.name, "upload": 202}
+        else:
+            rows[f"rejected:{path.name}"] = {
+                "file": path.name,
+                "upload": response.status_code,
+                "file_type": "-",
+                "status": f"rejected {response.status_code}",
+                "chunk_count": 0,
+                "error": f"{body.get('code', '')}: {body.get('detail', response.text[:200])}",
+            }
+    uploaded = _now() - started
+    accepted = sum(1 for r in rows.values() if r["upload"] == 202)
+    print(f"uploaded {len(files)} files in {uploaded:.2f} s ({accepted} accepted); waiting...")
+
+    progress = {"last": 0.0}
+
+    def show(documents: list[dict[str, Any]]) -> None:
+        if _now() - progress["last"] < 10:
+            return
+        progress["last"] = _now()
+        counts = Counter(d["status"] for d in documents)
+        chunks = sum(d["chunk_count"] for d in documents if d["status"] == "ready")
+        print(f"  +{_now() - started:6.1f} s  {dict(sorted(counts.items()))}  chunks={chunks}")
+
+    documents = (
+        server.wait_for_documents(tenant, bot["id"], timeout=timeout, on_poll=show)
+        if accepted
+        else []
+    )
+    elapsed = _now() - started
+    for doc in documents:
+        row = rows.setdefault(doc["id"], {"id": doc["id"], "file": doc["filename"], "upload": 202})
+        row.update(
+            file_type=doc["file_type"],
+            status=doc["status"],
+            chunk_count=doc["chunk_count"],
+            pages=doc.get("pages"),
+            attempts=doc["attempts"],
+            error=doc.get("error") or "",
+            size_bytes=doc["size_bytes"],
+            processed_at=doc.get("processed_at"),
+        )
+    finished = [t for t in (_parse_time(d.get("processed_at")) for d in documents) if t]
+    last_processed = (max(finished) - started_wall).total_seconds() if finished else None
+    chunks = sum(d["chunk_count"] for d in documents if d["status"] == "ready")
+    return {
+        "chatbot_id": bot["id"],
+        "documents": sorted(rows.values(), key=lambda r: r["file"]),
+        "files": len(files),
+        "chunks": chunks,
+        "upload_seconds": uploaded,
+        "seconds": elapsed,
+        "last_processed_seconds": last_processed,
+        "rate": chunks / elapsed if elapsed > 0 else 0.0,
+    }
+
+
+def worker_seconds(database_url: str) -> dict[str, float]:
+    """Per-document processing seconds the worker recorded (metadata_json.seconds)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            result = conn.execute(text("SELECT id, metadata_json FROM documents"))
+            out: dict[str, float] = {}
+            for doc_id, metadata in result:
+                if isinstance(metadata, str):
+                    metadata = json.loads(metadata)
+                seconds = (metadata or {}).get("seconds")
+                if seconds is not None:
+                    out[str(uuid.UUID(str(doc_id)))] = float(seconds)
+            return out
+    finally:
+        engine.dispose()
+
+
+def stored_chunks(chroma_path: Path, chatbot_id: str) -> list[tuple[str, int, str]]:
+    """(document id, chunk index, text) of every stored chunk, in document/chunk order."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    client = chromadb.PersistentClient(
+        path=str(chroma_path), settings=ChromaSettings(anonymized_telemetry=False)
+    )
+    try:
+        collection = client.get_collection(
+            f"chatbot_{uuid.UUID(chatbot_id).hex}", embedding_function=None
+        )
+    except Exception:  # no document produced a chunk
+        return []
+    data = collection.get(include=["documents", "metadatas"])
+    rows = [
+        (str(meta["document_id"]), int(meta["chunk_index"]), text or "")
+        for text, meta in zip(data["documents"] or [], data["metadatas"] or [], strict=True)
+    ]
+    return sorted(rows)
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    started = _now()
+    fn()
+    return _now() - started
+
+
+def raw_encode(
+    chunks: list[tuple[str, int, str]], model: str, batch_size: int, pipeline_step: bool
+) -> dict[str, Any]:
+    """Encode the stored chunk texts with the same model in this (now idle) process."""
+    import torch
+
+    from app.rag.embeddings import Embedder
+
+    texts = [text for _, _, text in chunks]
+    embedder = Embedder(model, "cpu", batch_size)
+    load = _timed(embedder.load)
+    for _ in range(2):  # warm-up: first calls allocate and pick kernels
+        embedder.embed_passages(texts[: 2 * batch_size])
+    out: dict[str, Any] = {
+        "model": embedder.model_name,
+        "batch_size": batch_size,
+        "torch_threads": torch.get_num_threads(),
+        "load_seconds": load,
+        "chunks": len(texts),
+    }
+    tokens = [embedder.token_length(t) for t in texts]
+    out["tokens_mean"] = statistics.fmean(tokens) if tokens else 0.0
+    out["tokens_max"] = max(tokens, default=0)
+
+    seconds = _timed(
+        lambda: embedder.model.encode(texts, batch_size=batch_size, show_progress_bar=False)
+    )
+    out["model_encode"] = {"seconds": seconds, "rate": len(texts) / seconds}
+    seconds = _timed(lambda: embedder.embed_passages(texts))
+    out["embed_passages"] = {"seconds": seconds, "rate": len(texts) / seconds}
+    if pipeline_step:
+        # Exactly the worker's calls: per document, in steps of max(4 * batch, 32) chunks.
+        step = max(4 * batch_size, 32)
+        by_doc: dict[str, list[str]] = {}
+        for doc_id, _, text in chunks:
+            by_doc.setdefault(doc_id, []).append(text)
+
+        def per_document() -> None:
+            for doc_texts in by_doc.values():
+                for start in range(0, len(doc_texts), step):
+                    embedder.embed_passages(doc_texts[start : start + step])
+
+        seconds = _timed(per_document)
+        out["embed_passages_worker_batches"] = {"seconds": seconds, "rate": len(texts) / seconds}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_table(rows: list[dict[str, Any]], seconds: dict[str, float], full_errors: bool) -> None:
+    name_width = max([len(r["file"]) for r in rows] + [4])
+    name_width = min(name_width, 44)
+    print(f"\n{'file':<{name_width}}  type  status     chunks  pages  secs   reason")
+    for row in rows:
+        secs = seconds.get(row.get("id", ""), None)
+        error = row.get("error") or ""
+        print(
+            f"{_clip(row['file'], name_width):<{name_width}}  {row.get('file_type', '-'):<4}  "
+            f"{row.get('status', '?'):<9}  {row.get('chunk_count', 0):>6}  "
+            f"{row.get('pages') if row.get('pages') is not None else '':>5}  "
+            f"{f'{secs:.2f}' if secs is not None else '':>5}  "
+            f"{error if full_errors else _clip(error, 100)}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--corpus",
+        nargs="?",
+        type=Path,
+        const=DEFAULT_CORPUS,
+        help=f"ingest every file of this folder (default without a value: {DEFAULT_CORPUS})",
+    )
+    parser.add_argument("--docs", type=int, default=30, help="generated documents (default 30)")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="size factor of generated documents (default 1)"
+    )
+    parser.add_argument("--seed", type=int, default=1234, help="seed of the generated text")
+    parser.add_argument(
+        "--model", default="minilm", help="EMBEDDING_MODEL (default minilm, the packaged model)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="EMBEDDING_BATCH_SIZE (default 32)"
+    )
+    database = parser.add_mutually_exclusive_group()
+    database.add_argument(
+        "--database-url", help="use this database (default: SQLite in a temp dir)"
+    )
+    database.add_argument(
+        "--postgres",
+        action="store_true",
+        help="a fresh database bench_<hex> on postgres@127.0.0.1:5432, dropped afterwards",
+    )
+    parser.add_argument("--target", type=float, default=TARGET_RATIO, help="ratio to pass")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for ingestion")
+    parser.add_argument(
+        "--no-worker-batches",
+        action="store_true",
+        help="skip the extra encode timing with the worker's per-document batches",
+    )
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the server's temp folder")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra server setting (repeatable), e.g. --env CHUNK_SIZE=200",
+    )
+    args = parser.parse_args(argv)
+    install_sigterm_handler()
+
+    extra_env = {"EMBEDDING_BATCH_SIZE": str(args.batch_size)}
+    for item in args.env:
+        key, _, value = item.partition("=")
+        extra_env[key] = value
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    server = BenchServer(
+        model=args.model,
+        database_url=args.database_url,
+        postgres=args.postgres,
+        extra_env=extra_env,
+        keep=args.keep,
+    )
+    try:
+        if args.corpus:
+            if not args.corpus.is_dir():
+                parser.error(f"{args.corpus} is not a folder")
+            files = corpus_files(args.corpus)
+            source = str(args.corpus)
+        else:
+            files = generate_documents(workdir, args.docs, args.scale, args.seed)
+            source = f"generated: {args.docs} documents, scale {args.scale}, seed {args.seed}"
+        size = sum(p.stat().st_size for p in files)
+        print(f"documents: {len(files)} files, {size / 1e6:.1f} MB ({source})")
+
+        started = _now()
+        server.start()
+        db_kind = "postgresql" if str(server.database_url).startswith("postgresql") else "sqlite"
+        print(
+            f"server ready on {server.base_url} in {_now() - started:.1f} s "
+            f"(model {args.model}, {db_kind}, INGEST_WORKERS=1, batch {args.batch_size})"
+        )
+        result = ingest(server, files, args.timeout)
+        server.stop()
+        seconds = worker_seconds(str(server.database_url))
+        chunks = stored_chunks(server.chroma_path, result["chatbot_id"])
+        if len(chunks) != result["chunks"]:
+            print(
+                f"warning: Chroma holds {len(chunks)} chunks, the documents report "
+                f"{result['chunks']}"
+            )
+        encode = (
+            raw_encode(chunks, args.model, args.batch_size, not args.no_worker_batches)
+            if chunks
+            else None
+        )
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        server.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    report(args, result, seconds, encode)
+    return 0
+
+
+def report(
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    seconds: dict[str, float],
+    encode: dict[str, Any] | None,
+) -> None:
+    rows = result["documents"]
+    print_table(rows, seconds, full_errors=bool(args.corpus))
+    statuses = Counter(r.get("status") for r in rows)
+    print(f"\nend status: {dict(sorted(statuses.items(), key=lambda kv: str(kv[0])))}")
+    busy = sum(seconds.values())
+    pipeline = result["rate"]
+    print("\n== pipeline (upload -> queue -> extract -> chunk -> embed -> Chroma) ==")
+    print(f"chunks stored            {result['chunks']}")
+    print(
+        f"first upload -> all done {result['seconds']:.2f} s "
+        f"(uploads took {result['upload_seconds']:.2f} s)"
+    )
+    if result["last_processed_seconds"] is not None:
+        print(f"last processed_at        +{result['last_processed_seconds']:.2f} s")
+    print(f"worker busy (sum of per-document seconds) {busy:.2f} s")
+    print(f"pipeline rate            {pipeline:.1f} chunks/s")
+    figures: dict[str, Any] = {
+        "model": args.model,
+        "corpus": str(args.corpus) if args.corpus else None,
+        "docs": len(rows),
+        "pipeline": {
+            "chunks": result["chunks"],
+            "seconds": result["seconds"],
+            "upload_seconds": result["upload_seconds"],
+            "worker_busy_seconds": busy,
+            "rate": pipeline,
+        },
+        "documents": rows,
+    }
+    if encode is None:
+        print("no chunks stored: nothing to compare with")
+    else:
+        raw = encode["model_encode"]["rate"]
+        passages = encode["embed_passages"]["rate"]
+        print(
+            f"\n== raw model on the same {encode['chunks']} chunks (same process, server stopped; "
+            f"{encode['torch_threads']} torch threads, batch {encode['batch_size']}, "
+            f"tokens/chunk mean {encode['tokens_mean']:.0f} max {encode['tokens_max']}) =="
+        )
+        print(
+            f"model.encode             {raw:.1f} chunks/s "
+            f"({encode['model_encode']['seconds']:.2f} s)"
+        )
+        print(
+            f"embed_passages           {passages:.1f} chunks/s "
+            f"({encode['embed_passages']['seconds']:.2f} s)"
+        )
+        if "embed_passages_worker_batches" in encode:
+            wb = encode["embed_passages_worker_batches"]
+            print(
+                f"embed_passages, worker's per-document batches {wb['rate']:.1f} chunks/s "
+                f"({wb['seconds']:.2f} s)"
+            )
+        ratio = pipeline / raw
+        verdict = "PASS" if ratio >= args.target else "FAIL"
+        print(f"\nratio pipeline / model.encode   {ratio:.3f}  {verdict} (target >= {args.target})")
+        print(f"ratio pipeline / embed_passages {pipeline / passages:.3f}")
+        figures["encode"] = encode
+        figures["ratio"] = ratio
+        figures["ratio_embed_passages"] = pipeline / passages
+        figures["pass"] = ratio >= args.target
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
