@@ -68,6 +68,79 @@ def offline_env() -> dict[str, str]:
     return {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
+# --- CPU accounting (to tell a slow pipeline from a busy machine) ----------------------------
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU-seconds all cores have spent busy since boot (from /proc/stat)."""
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / _CLK_TCK
+
+
+def process_group_cpu_seconds(pgid: int) -> float:
+    """CPU-seconds used by the live processes of a process group, with their reaped children."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5: pgrp; 14-17: utime stime cutime cstime
+            total += sum(int(v) for v in fields[11:15])
+    return total / _CLK_TCK
+
+
+def self_cpu_seconds() -> float:
+    """CPU-seconds of this process (all threads) and its reaped children."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+class CpuMeter:
+    """CPU used during a span: by the processes we watch, and by everything else."""
+
+    def __init__(self, server: BenchServer | None = None):
+        self.server = server
+        self.cores = os.cpu_count() or 1
+
+    def _ours(self) -> float:
+        ours = self_cpu_seconds()
+        if self.server is not None and self.server.process is not None:
+            ours += process_group_cpu_seconds(self.server.process.pid)
+        return ours
+
+    def __enter__(self) -> CpuMeter:
+        self._wall = time.perf_counter()
+        self._busy = machine_busy_seconds()
+        self._ours0 = self._ours()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.ours = self._ours() - self._ours0
+        self.others = max(0.0, machine_busy_seconds() - self._busy - self.ours)
+
+    @property
+    def others_share(self) -> float:
+        """Share of the machine's CPU capacity used by other processes during the span."""
+        return self.others / (self.wall * self.cores) if self.wall > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "wall_seconds": self.wall,
+            "our_cpu_seconds": self.ours,
+            "other_cpu_seconds": self.others,
+            "other_share": self.others_share,
+        }
+
+
 def install_sigterm_handler() -> None:
     """Turn SIGTERM into SystemExit so ``finally`` blocks (and BenchServer.__exit__) run."""
 

@@ -75,6 +75,7 @@ def test_metrics_expose_request_counts(client):
     text = client.get("/metrics").text
     assert "http_requests_total" in text
     assert 'route="/auth/register"' in text
+    assert "chatbot_answers_total" in text and "ingest_documents_total" in text
 
 
 def test_internal_error_carries_request_id(app):

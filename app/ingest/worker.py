@@ -16,6 +16,7 @@ from pathlib import Path
 
 from app.core.config import Settings
 from app.core.db import Database
+from app.core.metrics import CHUNKS, INGESTED
 from app.ingest import queue
 from app.models import DocumentStatus
 from app.rag.chunking import Chunk, chunk_sections
@@ -107,6 +108,8 @@ class IngestWorker:
         if not queue.complete(self.db, claim.document_id, self.name, len(chunks), metadata):
             self._drop(claim)
             return
+        INGESTED.labels("ready").inc()
+        CHUNKS.inc(len(chunks))
         log.info("document ready", extra={**extra, "chunks": len(chunks), **metadata})
 
     def _chunks(self, claim: queue.Claim) -> tuple[list[Chunk], int | None]:
@@ -194,6 +197,7 @@ class IngestWorker:
             retry=retry,
             max_attempts=self.settings.INGEST_MAX_ATTEMPTS,
         )
+        INGESTED.labels(str(status.value) if status else "dropped").inc()
         level = logging.WARNING if status == DocumentStatus.failed else logging.INFO
         log.log(
             level,

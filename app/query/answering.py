@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -19,6 +20,7 @@ from anyio import to_thread
 
 from app.core.db import Database
 from app.core.errors import LLMUnavailable
+from app.core.metrics import LLM_SECONDS
 from app.query import service
 from app.query.schemas import DemoResponse, QueryResponse, Usage
 from app.query.service import Prepared
@@ -72,6 +74,7 @@ async def answer_json(runtime: Runtime, db: Database, prepared: Prepared) -> Que
         answer = prepared.answer
         input_tokens, output_tokens = await _counted(runtime, prepared, answer)
     else:
+        started = time.perf_counter()
         try:
             completion = await runtime.llm.complete(
                 prepared.messages,
@@ -85,6 +88,7 @@ async def answer_json(runtime: Runtime, db: Database, prepared: Prepared) -> Que
                 raise
             log.warning("llm failed", extra={"reason": str(exc)})
             raise LLMUnavailable() from exc
+        LLM_SECONDS.observe(time.perf_counter() - started)
         answer = completion.text
         if completion.input_tokens is None or completion.output_tokens is None:
             input_tokens, output_tokens = await _counted(runtime, prepared, answer)
@@ -121,6 +125,7 @@ async def answer_stream(runtime: Runtime, db: Database, prepared: Prepared) -> A
     )
     parts: list[str] = []
     usage: StreamUsage | None = None
+    started = time.perf_counter()
     settled = False
     try:
         yield sse("sources", [service.source_dict(h) for h in prepared.hits])
@@ -141,6 +146,8 @@ async def answer_stream(runtime: Runtime, db: Database, prepared: Prepared) -> A
                     if not next_item.done():
                         next_item.cancel()
                 if isinstance(item, StreamDelta):
+                    if not parts and prepared.mode == "llm":
+                        LLM_SECONDS.observe(time.perf_counter() - started)
                     parts.append(item.text)
                     yield sse("token", {"text": item.text})
                 else:

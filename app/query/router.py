@@ -6,7 +6,6 @@ from typing import Annotated
 from anyio import to_thread
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import func, select
 
 from app.auth.dependencies import QueryUser
 from app.chatbots.dependencies import OwnedChatbot
@@ -14,7 +13,6 @@ from app.core.db import SessionDep, get_database
 from app.core.deps import ClientIP, LimiterDep, SettingsDep
 from app.core.errors import AppError, OriginNotAllowed
 from app.core.schemas import Page, Pagination, errors
-from app.models import ChatHistory
 from app.query import service
 from app.query.answering import SSE_HEADERS, answer_json, answer_stream
 from app.query.schemas import DemoResponse, HistoryItem, QueryRequest, QueryResponse
@@ -176,15 +174,7 @@ def history(
     page: Pagination,
     session_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Page[HistoryItem]:
-    scope = select(ChatHistory).where(ChatHistory.chatbot_id == chatbot.id)
-    if session_id is not None:
-        scope = scope.where(ChatHistory.session_id == session_id.replace("\x00", ""))
-    total = session.scalar(select(func.count()).select_from(scope.subquery())) or 0
-    rows = session.scalars(
-        scope.order_by(ChatHistory.timestamp.desc(), ChatHistory.id)
-        .limit(page.limit)
-        .offset(page.offset)
-    ).all()
+    rows, total = service.list_history(session, chatbot.id, page, session_id)
     return Page[HistoryItem](
         items=[HistoryItem.model_validate(r) for r in rows],
         total=total,

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from limits import parse
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.billing.service import release_tokens, reserve_tokens, settle_tokens
@@ -29,7 +29,9 @@ from app.core.errors import (
     OriginNotAllowed,
     RateLimited,
 )
+from app.core.metrics import ANSWERS, TOKENS
 from app.core.ratelimit import RateLimiter
+from app.core.schemas import PageParams
 from app.core.security import api_keys_match
 from app.models import Chatbot, ChatHistory, User
 from app.rag.prompting import Turn, build_messages, extractive_answer
@@ -279,6 +281,10 @@ def finish(
 ) -> None:
     """Charge the real tokens and write the history row, in one transaction."""
     asker = prepared.asker
+    demo = "true" if asker.demo else "false"
+    ANSWERS.labels(prepared.mode, "interrupted" if interrupted else "ok").inc()
+    TOKENS.labels("input", demo).inc(input_tokens)
+    TOKENS.labels("output", demo).inc(output_tokens)
     with db.session() as session:
         if not asker.demo and (prepared.reserved or input_tokens or output_tokens):
             settle_tokens(
@@ -306,6 +312,7 @@ def finish(
 def abandon(db: Database, prepared: Prepared) -> None:
     """The answer failed: give back the reservation (or the demo slot); nothing is charged."""
     asker = prepared.asker
+    ANSWERS.labels(prepared.mode, "failed").inc()
     with db.session() as session:
         if asker.demo:
             session.execute(
@@ -327,3 +334,18 @@ def source_dict(hit: Hit) -> dict[str, object]:
         "score": round(hit.score, 4),
         "text": hit.text,
     }
+
+
+def list_history(
+    session: Session, chatbot_id: uuid.UUID, page: PageParams, session_id: str | None
+) -> tuple[list[ChatHistory], int]:
+    scope = select(ChatHistory).where(ChatHistory.chatbot_id == chatbot_id)
+    if session_id is not None:
+        scope = scope.where(ChatHistory.session_id == session_id.replace("\x00", ""))
+    total = session.scalar(select(func.count()).select_from(scope.subquery())) or 0
+    rows = session.scalars(
+        scope.order_by(ChatHistory.timestamp.desc(), ChatHistory.id)
+        .limit(page.limit)
+        .offset(page.offset)
+    ).all()
+    return list(rows), total

