@@ -56,6 +56,11 @@ for _key, _value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")):
 import httpx  # noqa: E402
 
 from bench._server import BenchServer, ServerError, install_sigterm_handler  # noqa: E402
+
+try:  # reports how busy the rest of the machine was (bench/_server.py, if it has it)
+    from bench._server import CpuMeter
+except ImportError:  # pragma: no cover - an older bench/_server.py
+    CpuMeter = None  # type: ignore[assignment,misc]
 from tests.fake_llm import FakeLLMServer, Send  # noqa: E402
 
 DEFAULT_EVAL = (REPO.parent / "shared" / "eval").resolve()
@@ -272,9 +277,14 @@ def log_size(server: BenchServer) -> int:
 
 
 async def run_level(
-    url: str, api_key: str, questions: list[str], concurrency: int
+    url: str,
+    api_key: str,
+    questions: list[str],
+    concurrency: int,
+    after_each: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """len(questions) JSON requests, ``concurrency`` in flight, over one connection pool."""
+    """len(questions) JSON requests, ``concurrency`` in flight, over one connection pool.
+    ``after_each(question)`` runs (blocking the loop) after each successful request."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"X-API-Key": api_key}
     latencies: list[float] = []
@@ -314,6 +324,8 @@ async def run_level(
                 modes[body.get("mode", "?")] += 1
                 message_ids.append(body["message_id"])
                 latencies.append(seconds)
+                if after_each is not None:
+                    after_each(question)
 
         started = _now()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -415,9 +427,37 @@ def history_latency(database_url: str, message_ids: list[str]) -> dict[str, floa
 # --------------------------------------------------------------------------------------------
 
 
+class InterleavedEmbedder:
+    """The same model in this process, timing ``embed_query`` right after each c=1 request,
+    so the raw embedding cost is measured under the same machine load as the request."""
+
+    def __init__(self, model: str):
+        from app.rag.embeddings import Embedder
+
+        self.embedder = Embedder(model)
+        self.embedder.load()
+        for _ in range(3):  # warm-up
+            self.embedder.embed_query("warm-up question about the documents")
+        self.timings: list[tuple[str, float, list[float]]] = []
+
+    def __call__(self, question: str) -> None:
+        started = _now()
+        vector = self.embedder.embed_query(question)
+        self.timings.append((question, _now() - started, vector))
+
+
 def raw_cost(
-    chroma_path: Path, chatbot_id: str, model: str, top_k: int, questions: list[str]
+    chroma_path: Path,
+    chatbot_id: str,
+    model: str,
+    top_k: int,
+    questions: list[str],
+    interleaved: list[tuple[str, float, list[float]]],
 ) -> dict[str, Any]:
+    """After the server stopped, on its Chroma folder: search for the interleaved vectors
+    (raw = interleaved embed + this search, per question); then embed + search again, all
+    now, for comparison; and the app's ``VectorStore.query`` (get_collection + count + query).
+    """
     import chromadb
     import torch
     from chromadb.config import Settings as ChromaSettings
@@ -435,45 +475,84 @@ def raw_cost(
     )
     store = VectorStore(path=chroma_path)
     bot = uuid.UUID(chatbot_id)
-    for question in questions[:5]:  # warm-up
-        vector = embedder.embed_query(question)
-        collection.query(query_embeddings=[vector], n_results=top_k)
-        store.query(bot, embedder.model_name, vector, top_k)
-    embed: list[float] = []
-    search: list[float] = []
-    total: list[float] = []
-    app_store: list[float] = []
-    for question in questions:
-        t0 = _now()
-        vector = embedder.embed_query(question)
-        t1 = _now()
+
+    def search(vector: list[float]) -> float:
+        started = _now()
         collection.query(
             query_embeddings=[vector],  # type: ignore[arg-type]
             n_results=top_k,
             include=["documents", "metadatas", "distances"],
         )
-        t2 = _now()
-        embed.append(t1 - t0)
-        search.append(t2 - t1)
-        total.append(t2 - t0)
-        t3 = _now()
-        store.query(bot, embedder.model_name, vector, top_k)  # what the app calls
-        app_store.append(_now() - t3)
-    return {
+        return _now() - started
+
+    for question in questions[:5]:  # warm-up
+        vector = embedder.embed_query(question)
+        search(vector)
+        store.query(bot, embedder.model_name, vector, top_k)
+    out: dict[str, Any] = {
         "questions": len(questions),
         "torch_threads": torch.get_num_threads(),
         "chunks": collection.count(),
-        "embed_p50_ms": _ms(percentile(embed, 0.5)),
-        "search_p50_ms": _ms(percentile(search, 0.5)),
-        "p50_ms": _ms(percentile(total, 0.5)),
-        "p95_ms": _ms(percentile(total, 0.95)),
-        "app_vector_store_query_p50_ms": _ms(percentile(app_store, 0.5)),
     }
+    if interleaved:
+        embeds = [seconds for _, seconds, _ in interleaved]
+        searches = [search(vector) for _, _, vector in interleaved]
+        totals = [e + s for e, s in zip(embeds, searches, strict=True)]
+        out["interleaved"] = {
+            "questions": len(interleaved),
+            "embed_p50_ms": _ms(percentile(embeds, 0.5)),
+            "search_p50_ms": _ms(percentile(searches, 0.5)),
+            "p50_ms": _ms(percentile(totals, 0.5)),
+            "p95_ms": _ms(percentile(totals, 0.95)),
+        }
+    embeds, searches, totals = [], [], []
+    for question in questions:
+        started = _now()
+        vector = embedder.embed_query(question)
+        embeds.append(_now() - started)
+        searches.append(search(vector))
+        totals.append(embeds[-1] + searches[-1])
+    out["after_stop"] = {
+        "questions": len(questions),
+        "embed_p50_ms": _ms(percentile(embeds, 0.5)),
+        "search_p50_ms": _ms(percentile(searches, 0.5)),
+        "p50_ms": _ms(percentile(totals, 0.5)),
+        "p95_ms": _ms(percentile(totals, 0.95)),
+    }
+    app_store = []
+    for question, _, vector in interleaved or [(q, 0.0, embedder.embed_query(q)) for q in questions]:
+        started = _now()
+        store.query(bot, embedder.model_name, vector, top_k)
+        app_store.append(_now() - started)
+    out["app_vector_store_query_p50_ms"] = _ms(percentile(app_store, 0.5))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def cpu_meter(server: BenchServer | None) -> Any:
+    """CpuMeter when bench/_server.py has it, else nothing."""
+    if CpuMeter is None:
+        yield None
+        return
+    with CpuMeter(server) as meter:
+        yield meter
+
+
+def others_share(meter: Any) -> float | None:
+    """Share of the machine's CPU that processes other than ours used during the span."""
+    return None if meter is None else float(meter.others_share)
+
+
+def busy_note(share: float | None) -> str:
+    if share is None:
+        return ""
+    note = f"  [other processes: {100 * share:.0f}% of the CPU]"
+    return note + (" (busy machine: figures inflated)" if share > 0.1 else "")
 
 
 def _questions(pool: list[str], start: int, count: int) -> list[str]:
@@ -631,8 +710,9 @@ def main(argv: list[str] | None = None) -> int:
             if level == 1 and args.profile and server.process is not None:
                 profiler = start_profiler(server.process.pid, args.profile, 3600)
             log_at = log_size(server)
-            with sampler:
+            with sampler, cpu_meter(server) as meter:
                 result = asyncio.run(run_level(url, bot["api_key"], questions, level))
+            result["other_cpu_share"] = others_share(meter)
             if profiler is not None:
                 profiler.send_signal(2)  # SIGINT: py-spy writes what it has
                 profiler.wait(60)
@@ -647,14 +727,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"c={level:<3} {result['ok']:>4} ok  {result['error_count']} errors  "
                 f"p50 {result['p50_ms']:7.1f} ms  p95 {result['p95_ms']:7.1f} ms  "
                 f"{result['throughput']:6.1f} req/s  db connections peak {sampler.peak}  "
-                f"log warnings/errors {problems}"
+                f"log warnings/errors {problems}{busy_note(result['other_cpu_share'])}"
             )
             figures["levels"][str(level)] = result
 
         fake.delay_seconds = args.llm_delay
         stream_questions = _questions(pool, offset, args.streams + 1)
         log_at = log_size(server)
-        streams = run_streams(url, bot["api_key"], stream_questions, fake)
+        with cpu_meter(server) as meter:
+            streams = run_streams(url, bot["api_key"], stream_questions, fake)
+        streams["other_cpu_share"] = others_share(meter)
         fake.delay_seconds = 0.0
         streams["server_log_problems"] = log_problems(server, log_at)[0]
         streams["llm_delay_s"] = args.llm_delay
@@ -672,9 +754,11 @@ def main(argv: list[str] | None = None) -> int:
                 str(server.database_url), result.pop("message_ids")
             )
         print("raw embedding + search in this process (server stopped) ...")
-        figures["raw"] = raw_cost(
-            server.chroma_path, bot["id"], args.model, args.top_k, c1_questions
-        )
+        with cpu_meter(None) as meter:
+            figures["raw"] = raw_cost(
+                server.chroma_path, bot["id"], args.model, args.top_k, c1_questions
+            )
+        figures["raw"]["other_cpu_share"] = others_share(meter)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
@@ -723,6 +807,7 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         f"p50 {raw['p50_ms']:.1f} ms (embed {raw['embed_p50_ms']:.1f} + search "
         f"{raw['search_p50_ms']:.1f}), p95 {raw['p95_ms']:.1f} ms; the app's VectorStore.query "
         f"(get_collection + count + query) p50 {raw['app_vector_store_query_p50_ms']:.1f} ms"
+        f"{busy_note(raw.get('other_cpu_share'))}"
     )
     c1 = figures["levels"].get("1")
     verdicts: dict[str, bool] = {}
@@ -747,6 +832,7 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         f"{'PASS' if verdicts['first_token'] else 'FAIL'} (target <= "
         f"{args.target_first_token:.0f} ms at p50); time to first token p50 "
         f"{streams['ttft_p50_ms']:.1f} ms, whole stream p50 {streams['total_p50_ms']:.1f} ms"
+        f"{busy_note(streams.get('other_cpu_share'))}"
     )
     top = max(figures["levels"], key=int, default=None)
     if top is not None:

@@ -134,6 +134,9 @@ class LLMUnavailable(ServiceUnavailable):
         "The language model is unavailable right now; nothing was charged. Retry later."
     )
 
+    def __init__(self, detail: str | None = None):
+        super().__init__(detail, headers={"Retry-After": "5"})
+
 
 # Error responses declared in the OpenAPI document, route by route.
 ERROR_DESCRIPTIONS: dict[int, str] = {

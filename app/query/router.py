@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Annotated
 
@@ -16,7 +17,7 @@ from app.core.schemas import Page, Pagination, errors
 from app.query import service
 from app.query.answering import SSE_HEADERS, answer_json, answer_stream
 from app.query.schemas import DemoResponse, HistoryItem, QueryRequest, QueryResponse
-from app.query.service import Asker
+from app.query.service import Asker, ReindexNeeded
 from app.runtime import Runtime, RuntimeDep
 
 router = APIRouter(tags=["query"])
@@ -34,11 +35,19 @@ _STREAM_DOC = {
 PUBLIC_ERRORS = errors(401, 403, 404, 409, 402, 422, 429, 503)
 
 
-def _cors_headers(origin: str) -> dict[str, str]:
+_ALLOWED_HEADERS = "Content-Type, X-API-Key, Accept, X-Request-ID"
+_HEADER_LIST = re.compile(r"^[A-Za-z0-9-]+(\s*,\s*[A-Za-z0-9-]+)*$")
+
+
+def _cors_headers(origin: str, requested_headers: str | None = None) -> dict[str, str]:
+    # No cookies are involved (the key is a header), so echoing the requested headers is safe.
+    allow = (
+        requested_headers if requested_headers and _HEADER_LIST.match(requested_headers) else None
+    )
     return {
         "Access-Control-Allow-Origin": origin,
         "Access-Control-Allow-Methods": "POST, OPTIONS",
-        "Access-Control-Allow-Headers": "Content-Type, X-API-Key, Accept",
+        "Access-Control-Allow-Headers": allow or _ALLOWED_HEADERS,
         "Access-Control-Expose-Headers": "Retry-After, X-Request-ID",
         "Access-Control-Max-Age": "600",
         "Vary": "Origin",
@@ -66,7 +75,9 @@ async def _answer(runtime: Runtime, asker: Asker, body: QueryRequest, request: R
     include_in_schema=False,
 )
 async def public_query_preflight(
-    chatbot_id: uuid.UUID, origin: Annotated[str | None, Header()] = None
+    chatbot_id: uuid.UUID,
+    origin: Annotated[str | None, Header()] = None,
+    access_control_request_headers: Annotated[str | None, Header()] = None,
 ) -> Response:
     """CORS preflight: allowed origins get CORS headers; others a 403 without them."""
     asker = await to_thread.run_sync(service.load_public_chatbot, get_database(), chatbot_id)
@@ -74,7 +85,7 @@ async def public_query_preflight(
         return Response(status_code=204)
     if not service.origin_allowed(asker.allowed_origins, origin):
         raise OriginNotAllowed()
-    return Response(status_code=204, headers=_cors_headers(origin))
+    return Response(status_code=204, headers=_cors_headers(origin, access_control_request_headers))
 
 
 @router.post(
@@ -94,20 +105,22 @@ async def public_query(
     x_api_key: Annotated[str | None, Header()] = None,
     origin: Annotated[str | None, Header()] = None,
 ) -> Response:
-    allowed_origin: str | None = None
+    asker = await to_thread.run_sync(service.load_public_chatbot, get_database(), chatbot_id)
+    # Known from here on: an allowed website can read every later error (401, 429...).
+    allowed_origin = (
+        origin if origin and service.origin_allowed(asker.allowed_origins, origin) else None
+    )
     try:
-        asker = await to_thread.run_sync(
-            service.admit_public,
-            get_database(),
-            limiter,
-            settings,
-            chatbot_id,
-            x_api_key,
-            origin,
-            ip,
+        await to_thread.run_sync(
+            service.check_public, asker, limiter, settings, x_api_key, origin, ip
         )
-        allowed_origin = origin
         response = await _answer(runtime, asker, body, request)
+    except ReindexNeeded as exc:
+        # Visitors need not see model names, server paths or tenant endpoints.
+        error = ReindexNeeded(service.PUBLIC_REINDEX_DETAIL)
+        if allowed_origin:
+            error.headers = _cors_headers(allowed_origin)
+        raise error from exc
     except AppError as exc:
         if allowed_origin:
             exc.headers = {**(exc.headers or {}), **_cors_headers(allowed_origin)}
@@ -172,7 +185,7 @@ def history(
     chatbot: OwnedChatbot,
     session: SessionDep,
     page: Pagination,
-    session_id: Annotated[str | None, Query(max_length=64)] = None,
+    session_id: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")] = None,
 ) -> Page[HistoryItem]:
     rows, total = service.list_history(session, chatbot.id, page, session_id)
     return Page[HistoryItem](

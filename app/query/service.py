@@ -43,6 +43,11 @@ class ReindexNeeded(Conflict):
     code = "embedding_model_mismatch"
 
 
+PUBLIC_REINDEX_DETAIL = (
+    "This chatbot cannot answer until its owner reindexes its documents; try again later."
+)
+
+
 @dataclass(frozen=True)
 class Asker:
     """Who asks which chatbot, resolved before any work is done."""
@@ -106,17 +111,16 @@ def load_public_chatbot(db: Database, chatbot_id: uuid.UUID) -> Asker:
         return _asker(chatbot)
 
 
-def admit_public(
-    db: Database,
+def check_public(
+    asker: Asker,
     limiter: RateLimiter,
     settings: Settings,
-    chatbot_id: uuid.UUID,
     api_key: str | None,
     origin: str | None,
     client_ip: str,
-) -> Asker:
-    """Checks in the contract's order: 404, 401, 403, 429."""
-    asker = load_public_chatbot(db, chatbot_id)
+) -> None:
+    """After the chatbot is found (404), in the contract's order: 401, 403, 429."""
+    chatbot_id = asker.chatbot_id
     if not api_keys_match(api_key, asker.api_key):
         raise InvalidApiKey()
     if not origin_allowed(asker.allowed_origins, origin):
@@ -131,7 +135,6 @@ def admit_public(
                 "Too many questions in a short time; retry later.",
                 retry_after=decision.retry_after,
             )
-    return asker
 
 
 def admit_user(
@@ -341,7 +344,7 @@ def list_history(
 ) -> tuple[list[ChatHistory], int]:
     scope = select(ChatHistory).where(ChatHistory.chatbot_id == chatbot_id)
     if session_id is not None:
-        scope = scope.where(ChatHistory.session_id == session_id.replace("\x00", ""))
+        scope = scope.where(ChatHistory.session_id == session_id)
     total = session.scalar(select(func.count()).select_from(scope.subquery())) or 0
     rows = session.scalars(
         scope.order_by(ChatHistory.timestamp.desc(), ChatHistory.id)

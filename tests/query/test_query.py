@@ -180,6 +180,7 @@ def test_upstream_failure_is_503_and_charges_nothing(bot, fake_llm, live_url, db
     response = _public(live_url, chatbot, {"question": "When is support open?"})
     assert response.status_code == 503
     assert response.json()["code"] == "llm_unavailable"
+    assert response.headers["retry-after"] == "5"
     after = _usage(db_session, tenant.customer_id)
     assert (after.tokens_used, after.tokens_remaining) == (
         before.tokens_used,
@@ -304,6 +305,23 @@ def test_origin_checks_and_preflight(client, live_url):
     assert "access-control-allow-origin" not in denied.headers
     # No Origin (a server-side caller) is allowed.
     assert _public(live_url, chatbot, {"question": "Hi"}).status_code == 200
+    # An allowed website can read later errors too.
+    wrong_key = httpx.post(
+        url,
+        json={"question": "Hi"},
+        headers={"X-API-Key": "cbk_wrong", "Origin": "https://shop.example.com"},
+    )
+    assert wrong_key.status_code == 401
+    assert wrong_key.headers["access-control-allow-origin"] == "https://shop.example.com"
+    echoed = httpx.options(
+        url,
+        headers={
+            **preflight_headers,
+            "Origin": "https://shop.example.com",
+            "Access-Control-Request-Headers": "content-type, x-api-key, x-request-id",
+        },
+    )
+    assert "x-request-id" in echoed.headers["access-control-allow-headers"]
 
 
 def test_customer_query_checks_customer_and_ownership(bot, fake_llm, client, live_url):
@@ -501,7 +519,15 @@ def test_embedding_model_change_requires_reindex(bot, live_url, runtime, client)
     response = _public(live_url, chatbot, {"question": "Anything?"})
     assert response.status_code == 409
     assert response.json()["code"] == "embedding_model_mismatch"
-    assert "reindex" in response.json()["detail"]
+    # Visitors are told little; the owner gets the model names and the way out.
+    assert "other-model" not in response.json()["detail"]
+    owner = httpx.post(
+        f"{live_url}/api/{tenant.customer_id}/{chatbot['id']}/query",
+        json={"question": "Anything?"},
+        headers=tenant.headers,
+    )
+    assert owner.status_code == 409
+    assert "some/other-model" in owner.json()["detail"] and "reindex" in owner.json()["detail"]
     assert (
         client.post(f"/api/chatbots/{chatbot['id']}/reindex", headers=tenant.headers).status_code
         == 202
@@ -525,3 +551,5 @@ def test_history_lists_sessions_and_hides_other_tenants(bot, fake_llm, live_url,
     assert item["input_tokens"] > 0 and item["sources"] and item["user_id"] is None
     other = register(client)
     assert client.get(url, headers=other.headers).status_code == 404
+    nul = client.get(f"{url}?session_id=a%00b", headers=tenant.headers)
+    assert nul.status_code == 422
