@@ -30,12 +30,7 @@ def create_chatbot(data: ChatbotCreate, user: CurrentUser, session: SessionDep) 
 @router.get("", response_model=Page[Chatbot], responses=errors(401, 422))
 def list_chatbots(user: CurrentUser, session: SessionDep, page: Pagination) -> Page[Chatbot]:
     rows, total = service.list_chatbots(session, user.customer_id, page)
-    return Page[Chatbot](
-        items=[Chatbot.model_validate(r) for r in rows],
-        total=total,
-        limit=page.limit,
-        offset=page.offset,
-    )
+    return Page[Chatbot].of(rows, total, page)
 
 
 @router.get("/{chatbot_id}", response_model=Chatbot, responses=errors(401, 404, 422))

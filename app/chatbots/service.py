@@ -7,12 +7,12 @@ import shutil
 import uuid
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.chatbots.schemas import ChatbotCreate, ChatbotUpdate
 from app.core.config import Settings
-from app.core.db import after_commit
+from app.core.db import after_commit, paginate
 from app.core.errors import NotFound
 from app.core.schemas import PageParams
 from app.core.security import generate_api_key
@@ -37,11 +37,7 @@ def list_chatbots(
     session: Session, customer_id: uuid.UUID, page: PageParams
 ) -> tuple[list[Chatbot], int]:
     scope = select(Chatbot).where(Chatbot.customer_id == customer_id)
-    total = session.scalar(select(func.count()).select_from(scope.subquery())) or 0
-    rows = session.scalars(
-        scope.order_by(Chatbot.created_at, Chatbot.id).limit(page.limit).offset(page.offset)
-    ).all()
-    return list(rows), total
+    return paginate(session, scope, page, Chatbot.created_at, Chatbot.id)
 
 
 def create_chatbot(session: Session, customer_id: uuid.UUID, data: ChatbotCreate) -> Chatbot:

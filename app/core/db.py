@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Select, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.config import Settings, get_settings
+from app.core.schemas import PageParams
+
+T = TypeVar("T")
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -101,3 +104,12 @@ def after_commit(session: Session, action: Callable[[], None]) -> None:
 # scope="function": commit before the response is sent, so a client never sees a change
 # that then fails to commit (or reads before it is visible).
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def paginate(
+    session: Session, scope: Select[T], page: PageParams, *order_by: Any
+) -> tuple[list[T], int]:
+    """One page of `scope` in the given order, and how many rows it has in all."""
+    total = session.scalar(select(func.count()).select_from(scope.subquery())) or 0
+    rows = session.scalars(scope.order_by(*order_by).limit(page.limit).offset(page.offset)).all()
+    return list(rows), total

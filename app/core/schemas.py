@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query
@@ -42,6 +43,13 @@ class Page(Schema, Generic[T]):
     total: int
     limit: int
     offset: int
+
+    @classmethod
+    def of(cls, rows: Sequence[Any], total: int, page: PageParams) -> Page[T]:
+        """Validate ORM rows into this page's item schema (use as `Page[Item].of(...)`)."""
+        return cls.model_validate(
+            {"items": list(rows), "total": total, "limit": page.limit, "offset": page.offset}
+        )
 
 
 class PageParams(BaseModel):

@@ -83,12 +83,7 @@ def list_documents(
     status_filter: Annotated[DocumentStatus | None, Query(alias="status")] = None,
 ) -> Page[Document]:
     rows, total = service.list_documents(session, chatbot, page, status_filter)
-    return Page[Document](
-        items=[Document.model_validate(r) for r in rows],
-        total=total,
-        limit=page.limit,
-        offset=page.offset,
-    )
+    return Page[Document].of(rows, total, page)
 
 
 @router.get(

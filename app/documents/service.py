@@ -7,12 +7,12 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.db import after_commit
+from app.core.db import after_commit, paginate
 from app.core.errors import Conflict, NotFound, UnsupportedMediaType
 from app.core.schemas import PageParams
 from app.documents.upload import ReceivedFile
@@ -101,13 +101,7 @@ def list_documents(
     scope = select(Document).where(Document.chatbot_id == chatbot.id)
     if status is not None:
         scope = scope.where(Document.status == status)
-    total = session.scalar(select(func.count()).select_from(scope.subquery())) or 0
-    rows = session.scalars(
-        scope.order_by(Document.uploaded_at.desc(), Document.id)
-        .limit(page.limit)
-        .offset(page.offset)
-    ).all()
-    return list(rows), total
+    return paginate(session, scope, page, Document.uploaded_at.desc(), Document.id)
 
 
 def get_document(session: Session, chatbot: Chatbot, document_id: uuid.UUID) -> Document:

@@ -188,9 +188,4 @@ def history(
     session_id: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")] = None,
 ) -> Page[HistoryItem]:
     rows, total = service.list_history(session, chatbot.id, page, session_id)
-    return Page[HistoryItem](
-        items=[HistoryItem.model_validate(r) for r in rows],
-        total=total,
-        limit=page.limit,
-        offset=page.offset,
-    )
+    return Page[HistoryItem].of(rows, total, page)

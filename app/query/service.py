@@ -13,12 +13,12 @@ import uuid
 from dataclasses import dataclass, field
 
 from limits import parse
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.billing.service import release_tokens, reserve_tokens, settle_tokens
 from app.core.config import Settings
-from app.core.db import Database
+from app.core.db import Database, paginate
 from app.core.errors import (
     Conflict,
     DemoLimitReached,
@@ -345,10 +345,4 @@ def list_history(
     scope = select(ChatHistory).where(ChatHistory.chatbot_id == chatbot_id)
     if session_id is not None:
         scope = scope.where(ChatHistory.session_id == session_id)
-    total = session.scalar(select(func.count()).select_from(scope.subquery())) or 0
-    rows = session.scalars(
-        scope.order_by(ChatHistory.timestamp.desc(), ChatHistory.id)
-        .limit(page.limit)
-        .offset(page.offset)
-    ).all()
-    return list(rows), total
+    return paginate(session, scope, page, ChatHistory.timestamp.desc(), ChatHistory.id)

@@ -17,12 +17,7 @@ router = APIRouter(prefix="/api/users", tags=["users"])
 @router.get("", response_model=Page[User], responses=errors(401, 422))
 def list_users(user: CurrentUser, session: SessionDep, page: Pagination) -> Page[User]:
     rows, total = service.list_users(session, user.customer_id, page)
-    return Page[User](
-        items=[User.model_validate(r) for r in rows],
-        total=total,
-        limit=page.limit,
-        offset=page.offset,
-    )
+    return Page[User].of(rows, total, page)
 
 
 @router.post(

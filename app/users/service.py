@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.auth.service import UsernameTaken
+from app.core.db import paginate
 from app.core.errors import Conflict, NotFound
 from app.core.schemas import PageParams
 from app.core.security import hash_password
@@ -20,11 +21,7 @@ def list_users(
     session: Session, customer_id: uuid.UUID, page: PageParams
 ) -> tuple[list[User], int]:
     scope = select(User).where(User.customer_id == customer_id)
-    total = session.scalar(select(func.count()).select_from(scope.subquery())) or 0
-    rows = session.scalars(
-        scope.order_by(User.created_at, User.id).limit(page.limit).offset(page.offset)
-    ).all()
-    return list(rows), total
+    return paginate(session, scope, page, User.created_at, User.id)
 
 
 def create_user(session: Session, customer_id: uuid.UUID, data: UserCreate) -> User:
