@@ -70,7 +70,7 @@ class Runtime:
         return {"vector_store": self.store.heartbeat, "embedding_model": self.embedder.status}
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 

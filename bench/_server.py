@@ -142,12 +142,15 @@ class CpuMeter:
 
 
 def install_sigterm_handler() -> None:
-    """Turn SIGTERM into SystemExit so ``finally`` blocks (and BenchServer.__exit__) run."""
+    """Turn SIGTERM into SystemExit so ``finally`` blocks (and BenchServer.__exit__) run, and
+    make sure Ctrl-C raises KeyboardInterrupt even when started with SIGINT ignored (a
+    background job of a non-interactive shell)."""
 
     def _exit(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _exit)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # --- PostgreSQL: a throwaway database per run ------------------------------------------------

@@ -8,15 +8,21 @@ PostgreSQL, embedded Chroma, all in a temporary folder) and prints:
   server has stopped, so the two never share the CPU), and ``Embedder.embed_passages`` (what
   the worker calls: encode + normalisation + conversion to lists);
 - their ratio, PASS/FAIL against the target (0.85);
-- each file's detected type, end status, chunk count and reason.
+- each file's detected type, end status, chunk count, worker seconds and reason.
 
     .venv/bin/python bench/ingest.py                          # 30 generated documents
     .venv/bin/python bench/ingest.py --docs 12 --scale 0.5    # fewer, smaller documents
     .venv/bin/python bench/ingest.py --corpus                 # ../shared/corpus
     .venv/bin/python bench/ingest.py --corpus DIR --postgres --json out.json
+    .venv/bin/python bench/ingest.py --repeat 3               # on a machine shared with others
 
 Generated documents are deterministic (``--seed``): prose drawn from a fixed word list, as
-txt, md, html, csv, docx and pdf in turn.
+txt, md, html, csv, docx and pdf in turn; 30 of them make about 1,500 chunks.
+
+On 2 cores, any other busy process skews both rates. Every timed phase reports the share of
+the CPU that other processes used (from /proc/stat) and the result is flagged when it exceeds
+10%; slices of the raw-model timing caught by such a burst are re-timed (``--retries``), and
+``--repeat N`` compares the best pipeline run with the best raw timing.
 """
 
 from __future__ import annotations
@@ -288,17 +294,16 @@ def _parse_time(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def ingest(server: BenchServer, files: Sequence[Path], timeout: float) -> dict[str, Any]:
-    """Upload every file, wait until none is queued/processing; the pipeline figures."""
-    tenant = server.register_tenant()
-    bot = server.create_chatbot(tenant)
+def _upload_all(
+    server: BenchServer, tenant: Any, chatbot_id: str, files: Sequence[Path]
+) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
-    meter = CpuMeter(server).__enter__()
-    started_wall = datetime.now(UTC)
-    started = _now()
     for path in files:
-        response = server.upload(tenant, bot["id"], path)
-        body = response.json() if response.content else {}
+        response = server.upload(tenant, chatbot_id, path)
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
         if response.status_code == 202:
             rows[body["id"]] = {"id": body["id"], "file": path.name, "upload": 202}
         else:
@@ -310,27 +315,41 @@ def ingest(server: BenchServer, files: Sequence[Path], timeout: float) -> dict[s
                 "chunk_count": 0,
                 "error": f"{body.get('code', '')}: {body.get('detail', response.text[:200])}",
             }
-    uploaded = _now() - started
-    accepted = sum(1 for r in rows.values() if r["upload"] == 202)
-    print(f"uploaded {len(files)} files in {uploaded:.2f} s ({accepted} accepted); waiting...")
+    return rows
 
-    progress = {"last": 0.0}
+
+def ingest(server: BenchServer, files: Sequence[Path], timeout: float) -> dict[str, Any]:
+    """Upload every file, wait until none is queued/processing; the pipeline figures.
+
+    The end is the last document's ``processed_at`` (set by the worker when it finishes; same
+    machine, same clock), so the polling interval does not add to the measured time; the time
+    at which polling saw the end is reported too.
+    """
+    tenant = server.register_tenant()
+    bot = server.create_chatbot(tenant)
+    last_shown = [0.0]
 
     def show(documents: list[dict[str, Any]]) -> None:
-        if _now() - progress["last"] < 10:
+        if _now() - last_shown[0] < 10:
             return
-        progress["last"] = _now()
+        last_shown[0] = _now()
         counts = Counter(d["status"] for d in documents)
         chunks = sum(d["chunk_count"] for d in documents if d["status"] == "ready")
         print(f"  +{_now() - started:6.1f} s  {dict(sorted(counts.items()))}  chunks={chunks}")
 
-    documents = (
-        server.wait_for_documents(tenant, bot["id"], timeout=timeout, on_poll=show)
-        if accepted
-        else []
-    )
-    elapsed = _now() - started
-    meter.__exit__(None, None, None)
+    with CpuMeter(server) as meter:
+        started_wall = datetime.now(UTC)
+        started = _now()
+        rows = _upload_all(server, tenant, bot["id"], files)
+        uploaded = _now() - started
+        accepted = sum(1 for r in rows.values() if r["upload"] == 202)
+        print(f"uploaded {len(files)} files in {uploaded:.2f} s ({accepted} accepted); waiting...")
+        documents = (
+            server.wait_for_documents(tenant, bot["id"], timeout=timeout, poll=0.5, on_poll=show)
+            if accepted
+            else []
+        )
+        observed = _now() - started
     for doc in documents:
         row = rows.setdefault(doc["id"], {"id": doc["id"], "file": doc["filename"], "upload": 202})
         row.update(
@@ -345,6 +364,11 @@ def ingest(server: BenchServer, files: Sequence[Path], timeout: float) -> dict[s
         )
     finished = [t for t in (_parse_time(d.get("processed_at")) for d in documents) if t]
     last_processed = (max(finished) - started_wall).total_seconds() if finished else None
+    # Guard against a clock step during the run: then trust what polling saw.
+    if last_processed is not None and 0 < last_processed <= observed:
+        elapsed = last_processed
+    else:
+        elapsed = observed
     chunks = sum(d["chunk_count"] for d in documents if d["status"] == "ready")
     return {
         "chatbot_id": bot["id"],
@@ -353,7 +377,7 @@ def ingest(server: BenchServer, files: Sequence[Path], timeout: float) -> dict[s
         "chunks": chunks,
         "upload_seconds": uploaded,
         "seconds": elapsed,
-        "last_processed_seconds": last_processed,
+        "observed_seconds": observed,
         "rate": chunks / elapsed if elapsed > 0 else 0.0,
         "cpu": meter.as_dict(),
     }
@@ -407,10 +431,42 @@ def _timed(fn: Callable[[], Any]) -> float:
     return _now() - started
 
 
-def _measure(texts: Sequence[str], fn: Callable[[], Any]) -> dict[str, Any]:
-    with CpuMeter() as meter:
-        fn()
-    return {"rate": len(texts) / meter.wall, "seconds": meter.wall, "cpu": meter.as_dict()}
+def _measure(
+    pieces: Sequence[Sequence[str]], fn: Callable[[Sequence[str]], Any], retries: int
+) -> dict[str, Any]:
+    """Time ``fn`` on every piece. Pieces timed while other processes used more than
+    NOISY_SHARE of the CPU are timed again after the others (up to ``retries`` more passes)
+    and their fastest time kept: a burst of other work on a shared machine then costs a
+    re-run of a few pieces instead of spoiling the figure."""
+    best: list[CpuMeter | None] = [None] * len(pieces)
+    todo = list(range(len(pieces)))
+    retimed = 0
+    for attempt in range(retries + 1):
+        if attempt:
+            retimed += len(todo)
+        noisy = []
+        for index in todo:
+            with CpuMeter() as meter:
+                fn(pieces[index])
+            kept = best[index]
+            if kept is None or meter.wall < kept.wall:
+                best[index] = meter
+            if meter.others_share > NOISY_SHARE:
+                noisy.append(index)
+        todo = noisy
+        if not todo:
+            break
+    meters = [m for m in best if m is not None]
+    wall = sum(m.wall for m in meters)
+    others = sum(m.others for m in meters)
+    cpu = {
+        "wall_seconds": wall,
+        "our_cpu_seconds": sum(m.ours for m in meters),
+        "other_cpu_seconds": others,
+        "other_share": others / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0,
+    }
+    count = sum(len(piece) for piece in pieces)
+    return {"rate": count / wall, "seconds": wall, "cpu": cpu, "retimed_pieces": retimed}
 
 
 def padded_tokens(groups: Sequence[Sequence[tuple[str, int]]], batch_size: int) -> int:
@@ -425,8 +481,15 @@ def padded_tokens(groups: Sequence[Sequence[tuple[str, int]]], batch_size: int) 
     return total
 
 
+_EMBEDDERS: dict[tuple[str, int], Any] = {}
+
+
 def raw_encode(
-    chunks: list[tuple[str, int, str]], model: str, batch_size: int, worker_batches: bool
+    chunks: list[tuple[str, int, str]],
+    model: str,
+    batch_size: int,
+    worker_batches: bool,
+    retries: int = 2,
 ) -> dict[str, Any]:
     """Encode the stored chunk texts with the same model in this (now idle) process."""
     import torch
@@ -434,7 +497,10 @@ def raw_encode(
     from app.rag.embeddings import Embedder
 
     texts = [text for _, _, text in chunks]
-    embedder = Embedder(model, "cpu", batch_size)
+    key = (model, batch_size)
+    if key not in _EMBEDDERS:
+        _EMBEDDERS[key] = Embedder(model, "cpu", batch_size)
+    embedder = _EMBEDDERS[key]
     load = _timed(embedder.load)
     for _ in range(2):  # warm-up: first calls allocate and pick kernels
         embedder.embed_passages(texts[: 2 * batch_size])
@@ -465,18 +531,23 @@ def raw_encode(
         "worker_steps": padded_tokens(worker_groups, batch_size),
     }
 
+    # One encode() call over all texts, cut into slices of whole batches of the order
+    # sentence-transformers itself uses (longest first): the same batches as a single call,
+    # but each slice can be re-timed if another process got in the way.
+    ordered = sorted(texts, key=len, reverse=True)
+    slice_size = 8 * batch_size
+    slices = [ordered[i : i + slice_size] for i in range(0, len(ordered), slice_size)]
     out["model_encode"] = _measure(
-        texts,
-        lambda: embedder.model.encode(texts, batch_size=batch_size, show_progress_bar=False),
+        slices,
+        lambda piece: embedder.model.encode(
+            list(piece), batch_size=batch_size, show_progress_bar=False
+        ),
+        retries,
     )
-    out["embed_passages"] = _measure(texts, lambda: embedder.embed_passages(texts))
+    out["embed_passages"] = _measure(slices, embedder.embed_passages, retries)
     if worker_batches:
-
-        def per_document() -> None:
-            for group in worker_groups:
-                embedder.embed_passages([text for text, _ in group])
-
-        out["embed_passages_worker_batches"] = _measure(texts, per_document)
+        groups = [[text for text, _ in group] for group in worker_groups]
+        out["embed_passages_worker_batches"] = _measure(groups, embedder.embed_passages, retries)
     return out
 
 
@@ -544,6 +615,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time embed_passages with the worker's per-document batches (diagnosis)",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs (each with a fresh server); the best rate of each kind is compared, which "
+        "tames a machine shared with other work",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="times a slice of the raw-model timing is re-run when other processes used more "
+        f"than {100 * NOISY_SHARE:.0f}%% of the CPU during it (default 2)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the server's temp folder")
     parser.add_argument(
@@ -560,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not key:
             parser.error(f"--env wants KEY=VALUE, not {item!r}")
         extra_env[key] = value
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.corpus and not args.corpus.is_dir():
         parser.error(f"{args.corpus} is not a folder")
     install_sigterm_handler()
@@ -567,13 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    server = BenchServer(
-        model=args.model,
-        database_url=args.database_url,
-        postgres=args.postgres,
-        extra_env=extra_env,
-        keep=args.keep,
-    )
+    runs: list[dict[str, Any]] = []
     try:
         if args.corpus:
             files = corpus_files(args.corpus)
@@ -583,7 +664,35 @@ def main(argv: list[str] | None = None) -> int:
             source = f"generated: {args.docs} documents, scale {args.scale}, seed {args.seed}"
         size = sum(p.stat().st_size for p in files)
         print(f"documents: {len(files)} files, {size / 1e6:.1f} MB ({source})")
+        for index in range(args.repeat):
+            if args.repeat > 1:
+                print(f"\n--- run {index + 1} of {args.repeat} ---")
+            runs.append(run_once(args, files, extra_env))
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
+    report(args, runs)
+    return 0
+
+
+def run_once(
+    args: argparse.Namespace, files: list[Path], extra_env: dict[str, str]
+) -> dict[str, Any]:
+    """One server: ingest everything, stop it, then time the raw model on the stored chunks."""
+    server = BenchServer(
+        model=args.model,
+        database_url=args.database_url,
+        postgres=args.postgres,
+        extra_env=extra_env,
+        keep=args.keep,
+    )
+    try:
         started = _now()
         server.start()
         db_kind = "postgresql" if str(server.database_url).startswith("postgresql") else "sqlite"
@@ -595,26 +704,26 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         seconds = worker_seconds(str(server.database_url))
         chunks = stored_chunks(server.chroma_path, result["chatbot_id"])
-        if len(chunks) != result["chunks"]:
-            print(
-                f"warning: Chroma holds {len(chunks)} chunks, the documents report "
-                f"{result['chunks']}"
-            )
-        encode = (
-            raw_encode(chunks, args.model, args.batch_size, args.worker_batches) if chunks else None
-        )
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except BaseException:
+        if server.process is not None:
+            print("stopping the server...", file=sys.stderr)
+            server.stop(timeout=5)  # do not wait for the worker to finish its document
+        raise
     finally:
         server.cleanup()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-    report(args, result, seconds, encode)
-    return 0
+    if len(chunks) != result["chunks"]:
+        print(
+            f"warning: Chroma holds {len(chunks)} chunks, the documents report {result['chunks']}"
+        )
+    print(
+        f"pipeline: {result['chunks']} chunks in {result['seconds']:.1f} s; timing the raw model..."
+    )
+    encode = (
+        raw_encode(chunks, args.model, args.batch_size, args.worker_batches, args.retries)
+        if chunks
+        else None
+    )
+    return {"result": result, "seconds": seconds, "encode": encode}
 
 
 def _noise(cpu: dict[str, float]) -> str:
@@ -623,28 +732,47 @@ def _noise(cpu: dict[str, float]) -> str:
     return f"other processes used {100 * share:.0f}% of the CPU{flag}"
 
 
-def report(
-    args: argparse.Namespace,
-    result: dict[str, Any],
-    seconds: dict[str, float],
-    encode: dict[str, Any] | None,
-) -> None:
-    rows = result["documents"]
-    print_table(rows, seconds, full_errors=bool(args.corpus))
+def _best(runs: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    timings = [run["encode"][key] for run in runs if run["encode"] and key in run["encode"]]
+    return max(timings, key=lambda t: t["rate"], default=None)
+
+
+def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
+    last = runs[-1]
+    rows = last["result"]["documents"]
+    print_table(rows, last["seconds"], full_errors=bool(args.corpus))
     statuses = Counter(r.get("status") for r in rows)
     print(f"\nend status: {dict(sorted(statuses.items(), key=lambda kv: str(kv[0])))}")
+    if len(runs) > 1:
+        print("\nruns:")
+        for index, run in enumerate(runs, 1):
+            result, encode = run["result"], run["encode"] or {}
+            line = (
+                f"  {index}: pipeline {result['rate']:.1f} chunks/s "
+                f"(others {100 * result['cpu']['other_share']:.0f}%)"
+            )
+            for key, label in (("model_encode", "model.encode"), ("embed_passages", "passages")):
+                if key in encode:
+                    timing = encode[key]
+                    line += (
+                        f", {label} {timing['rate']:.1f} "
+                        f"(others {100 * timing['cpu']['other_share']:.0f}%)"
+                    )
+            print(line)
+
+    best_run = max(runs, key=lambda run: run["result"]["rate"])
+    result, seconds = best_run["result"], best_run["seconds"]
     busy = sum(seconds.values())
     pipeline = result["rate"]
     cpu = result["cpu"]
     noisy = cpu["other_share"] > NOISY_SHARE
-    print("\n== pipeline (upload -> queue -> extract -> chunk -> embed -> Chroma) ==")
+    best = "best of the runs: " if len(runs) > 1 else ""
+    print(f"\n== pipeline ({best}upload -> queue -> extract -> chunk -> embed -> Chroma) ==")
     print(f"chunks stored            {result['chunks']}")
     print(
-        f"first upload -> all done {result['seconds']:.2f} s "
-        f"(uploads took {result['upload_seconds']:.2f} s)"
+        f"first upload -> all done {result['seconds']:.2f} s (last processed_at; polling saw it "
+        f"at {result['observed_seconds']:.2f} s; uploads took {result['upload_seconds']:.2f} s)"
     )
-    if result["last_processed_seconds"] is not None:
-        print(f"last processed_at        +{result['last_processed_seconds']:.2f} s")
     print(f"worker busy              {busy:.2f} s (sum of per-document seconds)")
     print(f"CPU                      server+bench {cpu['our_cpu_seconds']:.1f} s; {_noise(cpu)}")
     print(f"pipeline rate            {pipeline:.1f} chunks/s")
@@ -653,24 +781,29 @@ def report(
         "corpus": str(args.corpus) if args.corpus else None,
         "generated": None if args.corpus else {"docs": args.docs, "scale": args.scale},
         "files": result["files"],
+        "runs": len(runs),
         "pipeline": {
             "chunks": result["chunks"],
             "seconds": result["seconds"],
+            "observed_seconds": result["observed_seconds"],
             "upload_seconds": result["upload_seconds"],
             "worker_busy_seconds": busy,
             "rate": pipeline,
             "cpu": cpu,
         },
+        "pipeline_runs": [run["result"]["rate"] for run in runs],
         "documents": rows,
     }
-    if encode is None:
+    encode = next((run["encode"] for run in runs if run["encode"]), None)
+    raw_best = _best(runs, "model_encode")
+    passages_best = _best(runs, "embed_passages")
+    if encode is None or raw_best is None or passages_best is None:
         print("no chunks stored: nothing to compare with")
     else:
-        raw = encode["model_encode"]["rate"]
-        passages = encode["embed_passages"]["rate"]
+        raw, passages = raw_best["rate"], passages_best["rate"]
         print(
-            f"\n== raw model on the same {encode['chunks']} chunks (this process, server stopped; "
-            f"{encode['torch_threads']} torch threads, batch {encode['batch_size']}) =="
+            f"\n== raw model on the same {encode['chunks']} chunks ({best}this process, server "
+            f"stopped; {encode['torch_threads']} torch threads, batch {encode['batch_size']}) =="
         )
         print(
             f"tokens per chunk         mean {encode['tokens_mean']:.0f}, "
@@ -682,12 +815,15 @@ def report(
             ("embed_passages_worker_batches", "worker's batches"),
         ]
         for key, label in names:
-            if key in encode:
-                timing = encode[key]
+            timing = _best(runs, key)
+            if timing is not None:
                 noisy = noisy or timing["cpu"]["other_share"] > NOISY_SHARE
+                retimed = timing.get("retimed_pieces", 0)
                 print(
                     f"{label:<24} {timing['rate']:.1f} chunks/s ({timing['seconds']:.2f} s; "
-                    f"{_noise(timing['cpu'])})"
+                    f"{_noise(timing['cpu'])}"
+                    + (f"; {retimed} slices re-timed" if retimed else "")
+                    + ")"
                 )
         pad = encode["padding"]
         extra = 100 * (pad["worker_steps"] / pad["one_call"] - 1)
@@ -701,16 +837,30 @@ def report(
             f"\nratio pipeline / model.encode    {ratio:.3f}  {verdict} (target >= {args.target})"
         )
         print(f"ratio pipeline / embed_passages  {pipeline / passages:.3f}")
+        # Less sensitive to other processes than wall time (but blind to idle gaps).
+        pipeline_cpu = cpu["our_cpu_seconds"] / max(result["chunks"], 1)
+        raw_cpu = raw_best["cpu"]["our_cpu_seconds"] / encode["chunks"]
+        print(
+            f"CPU-seconds per chunk            pipeline {1000 * pipeline_cpu:.1f} ms, "
+            f"model.encode {1000 * raw_cpu:.1f} ms (ratio {raw_cpu / pipeline_cpu:.3f})"
+        )
         if noisy:
             print(
                 f"WARNING: other processes used more than {100 * NOISY_SHARE:.0f}% of the CPU "
-                "during a timed phase; the ratio is not reliable. Re-run on an idle machine."
+                "during a timed phase; the ratio is not reliable. Re-run on an idle machine "
+                "(or with --repeat)."
             )
-        figures["encode"] = encode
-        figures["ratio"] = ratio
-        figures["ratio_embed_passages"] = pipeline / passages
-        figures["pass"] = ratio >= args.target
-        figures["noisy"] = noisy
+        figures.update(
+            encode=encode,
+            model_encode_best=raw_best,
+            embed_passages_best=passages_best,
+            ratio=ratio,
+            ratio_embed_passages=pipeline / passages,
+            cpu_ratio=raw_cpu / pipeline_cpu,
+            target=args.target,
+            passed=ratio >= args.target,
+            noisy=noisy,
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n")

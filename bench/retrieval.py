@@ -15,12 +15,15 @@ cosine top-k with numpy, the same metric on the passages. The ratio pipeline / c
     .venv/bin/python bench/retrieval.py --lang de --json out.json
     .venv/bin/python bench/retrieval.py --env CHUNK_SIZE=128 --env CHUNK_OVERLAP=16
     .venv/bin/python bench/retrieval.py --limit 200           # the first 200 questions only
+    .venv/bin/python bench/retrieval.py --chunking-study 128,200   # + other chunkings, offline
 
 The chatbot's ``top_k`` is the largest k reported; smaller k are prefixes of the returned list
 (ordered by score). After the run the script reads the stored chunks back from Chroma (the
 server stopped) and explains each question the pipeline lost against the ceiling: the answer
 split by a chunk boundary, or present in a chunk that ranked too low (chunks that merge
-passages or carry an article title).
+passages or carry an article title). ``--chunking-study`` also scores, offline and with the
+same model and metric, the worker's ``chunk_sections`` at other sizes and paragraph-first
+chunking (no paragraph merged with the next), to tell what a chunking change would buy.
 
 The public endpoint's rate limits (60/min per client by default) are raised for the run
 (``RATE_LIMIT_PUBLIC_PER_CLIENT`` / ``_PER_CHATBOT`` = 100000/minute) and the tenant gets
@@ -172,8 +175,11 @@ def ask_all(
                 "seconds": seconds,
             }
 
-        with ThreadPoolExecutor(concurrency) as pool:
+        pool = ThreadPoolExecutor(concurrency)
+        try:
             list(pool.map(one, queries))
+        finally:  # on Ctrl-C: drop the questions not yet sent, wait for the few in flight
+            pool.shutdown(wait=True, cancel_futures=True)
     elapsed = _now() - started
     latencies = sorted(r["seconds"] for r in results.values())
     return {
@@ -214,7 +220,11 @@ def stored_chunks(chroma_path: Path, chatbot_id: str) -> list[dict[str, Any]]:
 
 
 def ceiling(
-    model: str, corpus: list[dict[str, Any]], queries: list[dict[str, Any]], k_max: int
+    model: str,
+    corpus: list[dict[str, Any]],
+    queries: list[dict[str, Any]],
+    k_max: int,
+    threads: int | None = 1,
 ) -> dict[str, Any]:
     import numpy as np
 
@@ -224,6 +234,12 @@ def ceiling(
     started = _now()
     embedder.load()
     load = _now() - started
+    if threads:
+        # Only the speed changes: one thread keeps 1190 single-question calls quick on a
+        # machine shared with other work (two threads there stall at every OpenMP barrier).
+        import torch
+
+        torch.set_num_threads(threads)
     started = _now()
     passages = np.asarray(embedder.embed_passages([p["text"] for p in corpus]), dtype=np.float32)
     embed_passages = _now() - started
@@ -245,7 +261,103 @@ def ceiling(
         "token_length": embedder.token_length,
         "max_seq_length": embedder.max_seq_length,
         "chunk_budget": embedder.chunk_budget(),
+        "embedder": embedder,
+        "query_vectors": vectors,
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Chunking study (offline, no server)
+# --------------------------------------------------------------------------------------------
+
+
+def _paragraph_first(
+    text: str, size: int, overlap: int, embedder: Any, titles: set[str]
+) -> list[str]:
+    """Every paragraph (blank-line separated) its own chunk, never merged with the next; only
+    a paragraph longer than ``size`` tokens is split, with the worker's splitter. A heading
+    line (an article title here) is put in front of the paragraphs under it."""
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    from app.rag.chunking import SEPARATORS
+
+    splitter = RecursiveCharacterTextSplitter(
+        separators=SEPARATORS,
+        keep_separator="end",
+        chunk_size=size,
+        chunk_overlap=overlap,
+        length_function=embedder.token_length,
+        strip_whitespace=True,
+    )
+    chunks: list[str] = []
+    heading: str | None = None
+    for paragraph in (p.strip() for p in text.split("\n\n")):
+        if not paragraph:
+            continue
+        if paragraph in titles:
+            heading = paragraph
+            continue
+        pieces = (
+            [paragraph]
+            if embedder.token_length(paragraph) <= size
+            else splitter.split_text(paragraph)
+        )
+        chunks += [f"{heading}\n{piece}" if heading else piece for piece in pieces]
+    return chunks
+
+
+def chunking_study(
+    data: dict[str, Any], ceil: dict[str, Any], ks: list[int], sizes: list[int]
+) -> list[dict[str, Any]]:
+    """answer-in-context@k of other chunkings, offline: the extracted text chunked by the
+    worker's own ``chunk_sections`` at other CHUNK_SIZEs (overlap size // 8, as the worker),
+    and by paragraph-first chunking; embedded with the same model, exact cosine top-k.
+    The first row (today's settings) should reproduce the pipeline's figures."""
+    import numpy as np
+
+    from app.rag.chunking import chunk_sections
+    from app.rag.loaders import extract_text
+
+    embedder = ceil["embedder"]
+    queries = data["queries"]
+    vectors = ceil["query_vectors"]
+    sections = extract_text(data["paths"]["articles"], "md", max_pages=2000, max_chars=20_000_000)
+    titles = {p["title"].replace("_", " ") for p in data["corpus"]}
+    budget = embedder.chunk_budget()
+    variants: list[tuple[str, list[str]]] = []
+    for size in [budget, *[s for s in sizes if s != budget]]:
+        chunks = chunk_sections(
+            sections,
+            chunk_size=size,
+            chunk_overlap=size // 8,
+            length_function=embedder.token_length,
+        )
+        variants.append((f"chunk_sections {size}/{size // 8}", [c.text for c in chunks]))
+    text = "\n\n".join(s.text for s in sections)
+    variants.append(
+        (
+            f"paragraph-first {budget}/{budget // 8}, title in front",
+            _paragraph_first(text, budget, budget // 8, embedder, titles),
+        )
+    )
+    rows = []
+    for label, texts in variants:
+        started = _now()
+        matrix = np.asarray(embedder.embed_passages(texts), dtype=np.float32)
+        order = np.argsort(-(vectors @ matrix.T), axis=1, kind="stable")[:, : max(ks)]
+        ranks = [
+            first_rank([texts[i] for i in row], q["answers"])
+            for q, row in zip(queries, order, strict=True)
+        ]
+        row = {"variant": label, "chunks": len(texts), "seconds": _now() - started}
+        row.update({f"at_{k}": at_k(ranks, k) for k in ks})
+        rows.append(row)
+        print(
+            f"  {label:<44} {len(texts):>5} chunks  "
+            + "  ".join(f"@{k} {row[f'at_{k}']:.4f}" for k in ks),
+            flush=True,
+        )
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,6 +567,20 @@ def main(argv: list[str] | None = None) -> int:
         "--model", default="minilm", help="EMBEDDING_MODEL (default minilm, the packaged model)"
     )
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (4)")
+    parser.add_argument(
+        "--ceiling-threads",
+        type=int,
+        default=1,
+        help="torch threads for the ceiling's embeddings (1; 0: torch's default)",
+    )
+    parser.add_argument(
+        "--chunking-study",
+        nargs="?",
+        const="128,200",
+        metavar="SIZES",
+        help="also score other chunkings offline (no server): the worker's chunk_sections at "
+        "these CHUNK_SIZEs (default 128,200) and paragraph-first chunking",
+    )
     parser.add_argument("--limit", type=int, help="ask only the first N questions")
     parser.add_argument("--target", type=float, default=TARGET_RATIO, help="ratio to pass")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
@@ -500,7 +626,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pipeline = run_pipeline(args, data, extra_env, k_max)
         print("ceiling: embedding the gold passages in this process (server stopped) ...")
-        ceil = ceiling(args.model, data["corpus"], data["queries"], k_max)
+        ceil = ceiling(
+            args.model, data["corpus"], data["queries"], k_max, args.ceiling_threads or None
+        )
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
@@ -526,10 +654,18 @@ def main(argv: list[str] | None = None) -> int:
         ids = [passages[i]["_id"] for i in ceil["top"][query["_id"]]]
         gold_rank.append(ids.index(pid) + 1 if pid in ids else None)
 
+    study = None
+    if args.chunking_study:
+        sizes = [int(x) for x in args.chunking_study.split(",") if x.strip()]
+        print("chunking study (offline, same model, exact cosine):")
+        study = chunking_study(data, ceil, ks, sizes)
+
     diagnosis = diagnose(
         data, pipeline["stored_chunks"], pipeline_ranks, ceiling_ranks, args.k, ceil["token_length"]
     )
-    report(args, ks, data, pipeline, ceil, pipeline_ranks, ceiling_ranks, gold_rank, diagnosis)
+    report(
+        args, ks, data, pipeline, ceil, pipeline_ranks, ceiling_ranks, gold_rank, diagnosis, study
+    )
     return 0
 
 
@@ -543,6 +679,7 @@ def report(
     ceiling_ranks: dict[str, int | None],
     gold_rank: list[int | None],
     diagnosis: dict[str, Any],
+    study: list[dict[str, Any]] | None = None,
 ) -> None:
     questions = len(data["queries"])
     p_ranks = list(pipeline_ranks.values())
@@ -611,6 +748,19 @@ def report(
             f"{lost['reason']}"
         )
 
+    if study:
+        print("\n== chunking study (offline: same extraction, model and metric; exact cosine) ==")
+        print(f"{'variant':<46}{'chunks':>7}  " + "  ".join(f"{'@' + str(k):>6}" for k in ks))
+        for variant in study:
+            print(
+                f"{variant['variant']:<46}{variant['chunks']:>7}  "
+                + "  ".join(f"{variant[f'at_{k}']:6.4f}" for k in ks)
+            )
+        print(
+            f"{'ceiling (gold passages)':<46}{len(data['corpus']):>7}  "
+            + "  ".join(f"{at_k(c_ranks, k):6.4f}" for k in ks)
+        )
+
     figures = {
         "eval": str(args.eval),
         "lang": args.lang,
@@ -649,6 +799,7 @@ def report(
             )
         },
         "diagnosis": diagnosis,
+        "chunking_study": study,
         "ranks": {
             qid: {"pipeline": pipeline_ranks[qid], "ceiling": ceiling_ranks[qid]}
             for qid in pipeline_ranks

@@ -10,15 +10,20 @@ from app.core.config import Settings, get_settings
 from app.core.ratelimit import RateLimiter
 
 
-def get_limiter(request: Request) -> RateLimiter:
+async def get_limiter(request: Request) -> RateLimiter:
     limiter: RateLimiter = request.app.state.limiter
     return limiter
 
 
-def client_ip(request: Request) -> str:
+async def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+async def settings_dep() -> Settings:
+    # async: a trivial dependency must not cost a trip through the threadpool.
+    return get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(settings_dep)]
 LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
 ClientIP = Annotated[str, Depends(client_ip)]

@@ -63,6 +63,9 @@ class VectorStore:
         # Creating a collection is not atomic across threads in the embedded client.
         self._create_lock = threading.Lock()
         self._client_lock = threading.Lock()
+        # Collection handles, so a question costs one Chroma call. A handle goes stale when
+        # the collection is dropped (possibly by another process): evicted on NotFoundError.
+        self._handles: dict[uuid.UUID, Collection] = {}
 
     @property
     def client(self) -> ClientAPI:
@@ -78,11 +81,19 @@ class VectorStore:
         self.client.heartbeat()
         return "ok"
 
-    def _collection(self, chatbot_id: uuid.UUID) -> Collection | None:
+    def _collection(self, chatbot_id: uuid.UUID, *, fresh: bool = False) -> Collection | None:
+        handle = None if fresh else self._handles.get(chatbot_id)
+        if handle is not None:
+            return handle
         try:
-            return self.client.get_collection(collection_name(chatbot_id), embedding_function=None)
+            handle = self.client.get_collection(
+                collection_name(chatbot_id), embedding_function=None
+            )
         except (NotFoundError, ValueError):
+            self._handles.pop(chatbot_id, None)
             return None
+        self._handles[chatbot_id] = handle
+        return handle
 
     def _collection_for_write(
         self, chatbot_id: uuid.UUID, customer_id: uuid.UUID, model: str, dimension: int
@@ -125,14 +136,14 @@ class VectorStore:
         if collection is None:
             return []
         _check_model(collection, model)
-        count = collection.count()
-        if count == 0:
-            return []
-        result = collection.query(
-            query_embeddings=[embedding],  # type: ignore[arg-type]
-            n_results=min(k, count),
-            include=["documents", "metadatas", "distances"],
-        )
+        try:
+            result = self._query(collection, embedding, k)
+        except NotFoundError:  # dropped and maybe rebuilt since we took the handle
+            collection = self._collection(chatbot_id, fresh=True)
+            if collection is None:
+                return []
+            _check_model(collection, model)
+            result = self._query(collection, embedding, k)
         ids = result["ids"][0]
         documents = (result.get("documents") or [[]])[0]
         metadatas = (result.get("metadatas") or [[]])[0]
@@ -142,14 +153,22 @@ class VectorStore:
             for i, d, m, dist in zip(ids, documents, metadatas, distances, strict=False)
         ]
 
+    @staticmethod
+    def _query(collection: Collection, embedding: list[float], k: int) -> Any:
+        return collection.query(
+            query_embeddings=[embedding],  # type: ignore[arg-type]
+            n_results=k,
+            include=["documents", "metadatas", "distances"],
+        )
+
     def stored_model(self, chatbot_id: uuid.UUID) -> str | None:
-        collection = self._collection(chatbot_id)
+        collection = self._collection(chatbot_id, fresh=True)
         if collection is None:
             return None
         return str((collection.metadata or {}).get("embedding_model") or "") or None
 
     def count(self, chatbot_id: uuid.UUID, document_id: uuid.UUID | None = None) -> int:
-        collection = self._collection(chatbot_id)
+        collection = self._collection(chatbot_id, fresh=True)
         if collection is None:
             return 0
         if document_id is None:
@@ -157,11 +176,12 @@ class VectorStore:
         return len(collection.get(where={"document_id": str(document_id)}, include=[])["ids"])
 
     def delete_document(self, chatbot_id: uuid.UUID, document_id: uuid.UUID) -> None:
-        collection = self._collection(chatbot_id)
+        collection = self._collection(chatbot_id, fresh=True)
         if collection is not None:
             collection.delete(where={"document_id": str(document_id)})
 
     def delete_chatbot(self, chatbot_id: uuid.UUID) -> None:
+        self._handles.pop(chatbot_id, None)
         try:
             self.client.delete_collection(collection_name(chatbot_id))
         except (NotFoundError, ValueError):
