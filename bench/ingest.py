@@ -829,7 +829,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
         extra = 100 * (pad["worker_steps"] / pad["one_call"] - 1)
         print(
             f"padded tokens            one sorted call {pad['one_call']}, worker's per-document "
-            f"steps {pad['worker_steps']} (+{extra:.1f}%)"
+            f"steps {pad['worker_steps']} ({extra:+.1f}%)"
         )
         ratio = pipeline / raw
         verdict = "PASS" if ratio >= args.target else "FAIL"
