@@ -16,7 +16,8 @@ class Schema(BaseModel):
 
 
 def _no_nul(value: str) -> str:
-    if "\x00" in value:
+    # Also used on optional fields: None passes through.
+    if value is not None and "\x00" in value:
         raise ValueError("must not contain NUL characters")
     return value
 

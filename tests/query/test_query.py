@@ -277,6 +277,13 @@ def test_wrong_or_rotated_key_is_401(bot, live_url, client):
     assert new.status_code == 200
 
 
+def test_null_session_id_starts_a_session(bot, live_url):
+    _, chatbot, _ = bot
+    response = _public(live_url, chatbot, {"question": "Hi?", "session_id": None})
+    assert response.status_code == 200
+    assert len(response.json()["session_id"]) == 32
+
+
 def test_unknown_chatbot_is_404(live_url):
     response = httpx.post(
         f"{live_url}/api/public/{uuid.uuid4()}/query",
