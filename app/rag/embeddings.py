@@ -6,9 +6,10 @@ never think about them. Vectors are L2-normalised (cosine similarity == dot prod
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,7 @@ class Embedder:
         self._lock = threading.Lock()
         self._error: Exception | None = None
         self._loaded = threading.Event()
+        self._token_length: Callable[[str], int] | None = None
 
     # --- loading ---
     def load(self) -> None:
@@ -127,12 +129,35 @@ class Embedder:
         return [list(map(float, row)) for row in vectors]
 
     def token_length(self, text: str) -> int:
-        """Length in the model's tokens, without special tokens (for chunking)."""
+        """Length in the model's tokens, without special tokens (chunking, token counts).
+
+        Called thousands of times per document by the splitter, often on the same pieces:
+        a private copy of the fast tokenizer (no truncation or padding settings of the shared
+        one), memoised."""
+        if self._token_length is None:
+            with self._lock:
+                if self._token_length is None:
+                    self._token_length = self._make_token_length()
+        return self._token_length(text)
+
+    def _make_token_length(self) -> Callable[[str], int]:
         tokenizer = self.model.tokenizer
-        ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)[
-            "input_ids"
-        ]
-        return len(ids)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:  # a slow (Python) tokenizer: no private copy to make
+
+            def slow(text: str) -> int:
+                ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)
+                return len(ids["input_ids"])
+
+            return functools.lru_cache(maxsize=65536)(slow)
+        from tokenizers import Tokenizer
+
+        copy = Tokenizer.from_str(backend.to_str())
+        copy.no_truncation()
+        copy.no_padding()
+        return functools.lru_cache(maxsize=65536)(
+            lambda text: len(copy.encode(text, add_special_tokens=False).ids)
+        )
 
     def chunk_budget(self) -> int:
         """Default chunk size: the model's window less the special tokens and the e5 prefix."""

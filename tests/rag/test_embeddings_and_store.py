@@ -60,3 +60,13 @@ def test_store_connects_lazily_so_a_down_server_is_reported_not_fatal():
     store = VectorStore(url="http://127.0.0.1:9")  # nothing listens on the discard port
     with pytest.raises(Exception):  # noqa: B017 - whatever the client raises
         store.heartbeat()
+
+
+def test_token_length_matches_the_models_tokenizer(runtime):
+    embedder = runtime.embedder
+    tokenizer = embedder.model.tokenizer
+    for text in ("hello world, a test", "word " * 3000, "中文测试，这是一个句子。", ""):
+        expected = len(
+            tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        )
+        assert embedder.token_length(text) == expected
