@@ -705,6 +705,8 @@ def run_once(
         result = ingest(server, files, args.timeout)
         server.stop()
         seconds = worker_seconds(str(server.database_url))
+        for row in result["documents"]:
+            row["worker_seconds"] = seconds.get(row.get("id", ""))
         chunks = stored_chunks(server.chroma_path, result["chatbot_id"])
     except BaseException:
         if server.process is not None:
