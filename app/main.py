@@ -24,6 +24,7 @@ from app.query.router import router as query_router
 from app.rag.loaders import shutdown_extractors
 from app.runtime import Runtime
 from app.users.router import router as users_router
+from app.widget.router import router as widget_router
 
 log = logging.getLogger("app")
 
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         documents_router,
         billing_router,
         query_router,
+        widget_router,
     ):
         app.include_router(router)
     return app

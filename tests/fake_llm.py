@@ -133,6 +133,8 @@ class FakeLLMServer:
     - ``omit_usage``: send no ``usage`` at all (JSON or stream).
     - ``break_stream_after(n)``: the next stream drops the connection after ``n`` content
       chunks (an upstream failure mid-answer).
+    - ``hold_stream_after(n)``: the next stream sends ``n`` content chunks, then waits until
+      the returned ``threading.Event`` is set (a test looks at the half-streamed answer).
 
     Records: ``requests`` (parsed JSON bodies, in arrival order), ``request_headers``
     (lower-cased header dicts, same order), ``request_paths``, ``disconnects`` (streams
@@ -146,6 +148,7 @@ class FakeLLMServer:
         self._fail_remaining = 0
         self._fail_status = 500
         self._break_after: int | None = None
+        self._hold: tuple[int, threading.Event] | None = None
         self.delay_seconds = 0.0
         self.token_delay_seconds = 0.0
         self.omit_usage = False
@@ -254,8 +257,15 @@ class FakeLLMServer:
         with self._lock:
             self._break_after = n_chunks
 
+    def hold_stream_after(self, n_chunks: int) -> threading.Event:
+        release = threading.Event()
+        with self._lock:
+            self._hold = (n_chunks, release)
+        return release
+
     def reset(self) -> None:
         with self._lock:
+            self._hold = None
             self._reply = None
             self._fail_remaining = 0
             self._fail_status = 500
@@ -335,12 +345,14 @@ class FakeLLMServer:
                 fail_status = self._fail_status
             streaming = bool(payload.get("stream"))
             break_after = self._break_after if streaming else None
+            hold = self._hold if streaming else None
             if streaming:
                 self._break_after = None
+                self._hold = None
             self._active += 1
             self._max_active = max(self._max_active, self._active)
         try:
-            await self._serve(payload, receive, send, fail_status, streaming, break_after)
+            await self._serve(payload, receive, send, fail_status, streaming, break_after, hold)
         finally:
             with self._lock:
                 self._active -= 1
@@ -353,6 +365,7 @@ class FakeLLMServer:
         fail_status: int | None,
         streaming: bool,
         break_after: int | None,
+        hold: tuple[int, threading.Event] | None = None,
     ) -> None:
         done = _Progress()
 
@@ -364,7 +377,7 @@ class FakeLLMServer:
                     send, fail_status, _error_body("injected failure", "server_error", fail_status)
                 )
             elif streaming:
-                await self._stream(payload, send, break_after, done)
+                await self._stream(payload, send, break_after, done, hold)
             else:
                 await _send_json(send, 200, self._completion(payload))
 
@@ -420,7 +433,12 @@ class FakeLLMServer:
         return body
 
     async def _stream(
-        self, payload: dict[str, Any], send: Send, break_after: int | None, done: _Progress
+        self,
+        payload: dict[str, Any],
+        send: Send,
+        break_after: int | None,
+        done: _Progress,
+        hold: tuple[int, threading.Event] | None = None,
     ) -> None:
         answer = self._answer(payload)
         base = {
@@ -453,6 +471,8 @@ class FakeLLMServer:
         for i, piece in enumerate(split_pieces(answer)):
             if break_after is not None and i >= break_after:
                 raise _AbortConnection
+            if hold is not None and i == hold[0]:
+                await asyncio.to_thread(hold[1].wait, 60)
             if i and self.token_delay_seconds:
                 await asyncio.sleep(self.token_delay_seconds)
             delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}

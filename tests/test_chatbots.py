@@ -79,9 +79,9 @@ def test_snippet_is_a_script_tag_with_id_and_key(client, settings):
     body = response.json()
     base = settings.PUBLIC_BASE_URL.rstrip("/")
     assert body["chatbot_id"] == bot["id"]
-    assert body["script_url"] == f"{base}/widget.js"
+    assert body["script_url"].startswith(f"{base}/widget.js?v=")
     snippet = body["snippet"]
-    assert snippet.startswith(f'<script src="{base}/widget.js"')
+    assert snippet.startswith(f'<script src="{body["script_url"]}"')
     assert f'data-chatbot-id="{bot["id"]}"' in snippet
     assert f'data-api-key="{bot["api_key"]}"' in snippet
     assert snippet.endswith("</script>")

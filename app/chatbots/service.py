@@ -18,6 +18,7 @@ from app.core.schemas import PageParams
 from app.core.security import generate_api_key
 from app.models import Chatbot
 from app.rag.vector_store import VectorStore
+from app.widget.asset import widget_asset
 
 
 def get_owned_chatbot(
@@ -83,8 +84,9 @@ def chatbot_upload_dir(settings: Settings, customer_id: uuid.UUID, chatbot_id: u
 
 
 def snippet(settings: Settings, chatbot: Chatbot) -> tuple[str, str]:
+    """The tag to paste: the script's URL carries its version, so a release is picked up."""
     base = settings.PUBLIC_BASE_URL.rstrip("/")
-    script_url = f"{base}/widget.js"
+    script_url = f"{base}/widget.js?v={widget_asset().version}"
     tag = (
         f'<script src="{html.escape(script_url)}" '
         f'data-chatbot-id="{chatbot.id}" '

@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     RATE_LIMIT_STORAGE_URL: str = "memory://"
     RATE_LIMIT_PUBLIC_PER_CLIENT: str = "60/minute"
     RATE_LIMIT_PUBLIC_PER_CHATBOT: str = "600/minute"
+    # The widget's profile read (GET /api/public/{id}), once per page view, per key + client IP.
+    RATE_LIMIT_PUBLIC_READS: str = "120/minute"
 
     @model_validator(mode="after")
     def _refuse_placeholder_secret(self) -> Settings:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Annotated
 
@@ -12,12 +11,24 @@ from app.auth.dependencies import QueryUser
 from app.chatbots.dependencies import OwnedChatbot
 from app.core.db import SessionDep, get_database
 from app.core.deps import ClientIP, LimiterDep, SettingsDep
-from app.core.errors import AppError, OriginNotAllowed
 from app.core.schemas import Page, Pagination, errors
 from app.query import service
 from app.query.answering import SSE_HEADERS, answer_json, answer_stream
-from app.query.schemas import DemoResponse, HistoryItem, QueryRequest, QueryResponse
-from app.query.service import Asker, ReindexNeeded
+from app.query.public import (
+    QUERY_METHODS,
+    READ_METHODS,
+    cors_headers,
+    preflight,
+    public_errors,
+)
+from app.query.schemas import (
+    DemoResponse,
+    HistoryItem,
+    PublicChatbot,
+    QueryRequest,
+    QueryResponse,
+)
+from app.query.service import Asker
 from app.runtime import Runtime, RuntimeDep
 
 router = APIRouter(tags=["query"])
@@ -33,25 +44,6 @@ _STREAM_DOC = {
     "description": "JSON, or Server-Sent Events with `stream: true` or `Accept: text/event-stream`",
 }
 PUBLIC_ERRORS = errors(401, 403, 404, 409, 402, 422, 429, 503)
-
-
-_ALLOWED_HEADERS = "Content-Type, X-API-Key, Accept, X-Request-ID"
-_HEADER_LIST = re.compile(r"^[A-Za-z0-9-]+(\s*,\s*[A-Za-z0-9-]+)*$")
-
-
-def _cors_headers(origin: str, requested_headers: str | None = None) -> dict[str, str]:
-    # No cookies are involved (the key is a header), so echoing the requested headers is safe.
-    allow = (
-        requested_headers if requested_headers and _HEADER_LIST.match(requested_headers) else None
-    )
-    return {
-        "Access-Control-Allow-Origin": origin,
-        "Access-Control-Allow-Methods": "POST, OPTIONS",
-        "Access-Control-Allow-Headers": allow or _ALLOWED_HEADERS,
-        "Access-Control-Expose-Headers": "Retry-After, X-Request-ID",
-        "Access-Control-Max-Age": "600",
-        "Vary": "Origin",
-    }
 
 
 async def _answer(runtime: Runtime, asker: Asker, body: QueryRequest, request: Request) -> Response:
@@ -70,10 +62,48 @@ async def _answer(runtime: Runtime, asker: Asker, body: QueryRequest, request: R
     return JSONResponse(result.model_dump(mode="json"))
 
 
-@router.options(
-    "/api/public/{chatbot_id}/query",
-    include_in_schema=False,
+@router.options("/api/public/{chatbot_id}", include_in_schema=False)
+async def public_chatbot_preflight(
+    chatbot_id: uuid.UUID,
+    origin: Annotated[str | None, Header()] = None,
+    access_control_request_headers: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Any origin may send the read: the GET itself checks the origin and says why it refused,
+    so a widget pasted on the wrong site can show "not allowed" instead of a network error."""
+    asker = await to_thread.run_sync(service.load_public_chatbot, get_database(), chatbot_id)
+    return preflight(asker, origin, access_control_request_headers, READ_METHODS, any_origin=True)
+
+
+@router.get(
+    "/api/public/{chatbot_id}",
+    response_model=PublicChatbot,
+    responses=errors(401, 403, 404, 422, 429),
+    summary="What the widget shows: the chatbot's name and welcome message (public: X-API-Key)",
 )
+async def public_chatbot(
+    chatbot_id: uuid.UUID,
+    settings: SettingsDep,
+    limiter: LimiterDep,
+    ip: ClientIP,
+    x_api_key: Annotated[str | None, Header()] = None,
+    origin: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    # Every answer is readable by the asking origin: the refusal (403) is the information a
+    # widget on the wrong site needs; the profile itself is only given to allowed origins.
+    with public_errors(origin, READ_METHODS):
+        asker, profile = await to_thread.run_sync(
+            service.load_public_profile, get_database(), chatbot_id
+        )
+        await to_thread.run_sync(
+            lambda: service.check_public(
+                asker, limiter, settings, x_api_key, origin, ip, reading=True
+            )
+        )
+    headers = cors_headers(origin, READ_METHODS) if origin else None
+    return JSONResponse(profile.model_dump(mode="json"), headers=headers)
+
+
+@router.options("/api/public/{chatbot_id}/query", include_in_schema=False)
 async def public_query_preflight(
     chatbot_id: uuid.UUID,
     origin: Annotated[str | None, Header()] = None,
@@ -81,11 +111,7 @@ async def public_query_preflight(
 ) -> Response:
     """CORS preflight: allowed origins get CORS headers; others a 403 without them."""
     asker = await to_thread.run_sync(service.load_public_chatbot, get_database(), chatbot_id)
-    if not origin:
-        return Response(status_code=204)
-    if not service.origin_allowed(asker.allowed_origins, origin):
-        raise OriginNotAllowed()
-    return Response(status_code=204, headers=_cors_headers(origin, access_control_request_headers))
+    return preflight(asker, origin, access_control_request_headers, QUERY_METHODS)
 
 
 @router.post(
@@ -110,23 +136,13 @@ async def public_query(
     allowed_origin = (
         origin if origin and service.origin_allowed(asker.allowed_origins, origin) else None
     )
-    try:
+    with public_errors(allowed_origin, QUERY_METHODS):
         await to_thread.run_sync(
             service.check_public, asker, limiter, settings, x_api_key, origin, ip
         )
         response = await _answer(runtime, asker, body, request)
-    except ReindexNeeded as exc:
-        # Visitors need not see model names, server paths or tenant endpoints.
-        error = ReindexNeeded(service.PUBLIC_REINDEX_DETAIL)
-        if allowed_origin:
-            error.headers = _cors_headers(allowed_origin)
-        raise error from exc
-    except AppError as exc:
-        if allowed_origin:
-            exc.headers = {**(exc.headers or {}), **_cors_headers(allowed_origin)}
-        raise
     if allowed_origin:
-        response.headers.update(_cors_headers(allowed_origin))
+        response.headers.update(cors_headers(allowed_origin, QUERY_METHODS))
     return response
 
 

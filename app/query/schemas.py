@@ -9,12 +9,13 @@ from pydantic import Field
 from app.core.schemas import NoNul, NotBlank, Schema, StripNoNul
 
 Mode = Literal["llm", "extractive", "fallback"]
+QUESTION_MAX_LENGTH = 2000
 
 
 class QueryRequest(Schema):
     question: Annotated[
         str,
-        Field(min_length=1, max_length=2000, examples=["When are you open?"]),
+        Field(min_length=1, max_length=QUESTION_MAX_LENGTH, examples=["When are you open?"]),
         StripNoNul,
         NotBlank,
     ]
@@ -75,3 +76,12 @@ class HistoryItem(Schema):
     interrupted: bool
     latency_ms: int
     timestamp: datetime
+
+
+class PublicChatbot(Schema):
+    """What a visitor's widget shows; nothing about the tenant, its keys or its settings."""
+
+    chatbot_id: uuid.UUID
+    name: str
+    welcome_message: str | None
+    question_max_length: int = Field(description="The longest question the query accepts.")

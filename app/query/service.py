@@ -34,6 +34,7 @@ from app.core.ratelimit import RateLimiter
 from app.core.schemas import PageParams
 from app.core.security import api_keys_match
 from app.models import Chatbot, ChatHistory, User
+from app.query.schemas import QUESTION_MAX_LENGTH, PublicChatbot
 from app.rag.prompting import Turn, build_messages, extractive_answer
 from app.rag.vector_store import EmbeddingModelMismatch, Hit
 from app.runtime import Runtime
@@ -103,12 +104,29 @@ def origin_allowed(allowed: tuple[str, ...] | list[str], origin: str | None) -> 
     return origin.strip().rstrip("/").lower() in allowed
 
 
+def _public_chatbot(session: Session, chatbot_id: uuid.UUID) -> Chatbot:
+    chatbot = session.get(Chatbot, chatbot_id)
+    if chatbot is None:
+        raise NotFound("Chatbot not found.")
+    return chatbot
+
+
 def load_public_chatbot(db: Database, chatbot_id: uuid.UUID) -> Asker:
     with db.session() as session:
-        chatbot = session.get(Chatbot, chatbot_id)
-        if chatbot is None:
-            raise NotFound("Chatbot not found.")
-        return _asker(chatbot)
+        return _asker(_public_chatbot(session, chatbot_id))
+
+
+def load_public_profile(db: Database, chatbot_id: uuid.UUID) -> tuple[Asker, PublicChatbot]:
+    """The chatbot for the widget's first request: who may ask, and what it shows."""
+    with db.session() as session:
+        chatbot = _public_chatbot(session, chatbot_id)
+        profile = PublicChatbot(
+            chatbot_id=chatbot.id,
+            name=chatbot.name,
+            welcome_message=chatbot.welcome_message,
+            question_max_length=QUESTION_MAX_LENGTH,
+        )
+        return _asker(chatbot), profile
 
 
 def check_public(
@@ -118,17 +136,25 @@ def check_public(
     api_key: str | None,
     origin: str | None,
     client_ip: str,
+    *,
+    reading: bool = False,
 ) -> None:
-    """After the chatbot is found (404), in the contract's order: 401, 403, 429."""
-    chatbot_id = asker.chatbot_id
+    """After the chatbot is found (404), in the contract's order: 401, 403, 429. `reading`:
+    the widget's profile read, limited apart from questions."""
+    chatbot_id = str(asker.chatbot_id)
     if not api_keys_match(api_key, asker.api_key):
         raise InvalidApiKey()
     if not origin_allowed(asker.allowed_origins, origin):
         raise OriginNotAllowed()
-    for limit, key in (
-        (settings.RATE_LIMIT_PUBLIC_PER_CLIENT, ("public-client", str(chatbot_id), client_ip)),
-        (settings.RATE_LIMIT_PUBLIC_PER_CHATBOT, ("public-chatbot", str(chatbot_id))),
-    ):
+    limits = (
+        [(settings.RATE_LIMIT_PUBLIC_READS, ("public-read", chatbot_id, client_ip))]
+        if reading
+        else [
+            (settings.RATE_LIMIT_PUBLIC_PER_CLIENT, ("public-client", chatbot_id, client_ip)),
+            (settings.RATE_LIMIT_PUBLIC_PER_CHATBOT, ("public-chatbot", chatbot_id)),
+        ]
+    )
+    for limit, key in limits:
         decision = limiter.hit(parse(limit), *key)
         if not decision.allowed:
             raise RateLimited(
