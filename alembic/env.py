@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from logging.config import fileConfig
 
 from alembic import context
@@ -40,6 +42,24 @@ def _configure(connection: Connection | None = None, url: str | None = None) -> 
     )
 
 
+@contextmanager
+def _sqlite_foreign_keys_off(connection: Connection) -> Iterator[None]:
+    """SQLite alters a table by copying it and dropping the old one; with foreign keys on,
+    that DROP would cascade into every child table and delete their rows. Off during the
+    migration, then every reference is checked."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+        broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise RuntimeError(f"the migration left broken references: {broken[:5]}")
+    finally:
+        connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+
+
 def run_migrations_offline() -> None:
     _configure(url=get_settings().DATABASE_URL)
     with context.begin_transaction():
@@ -50,14 +70,14 @@ def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
         _configure(connection)
-        with context.begin_transaction():
+        with _sqlite_foreign_keys_off(connection), context.begin_transaction():
             context.run_migrations()
         return
     engine = build_engine(get_settings())
     try:
         with engine.connect() as conn:
             _configure(conn)
-            with context.begin_transaction():
+            with _sqlite_foreign_keys_off(conn), context.begin_transaction():
                 context.run_migrations()
     finally:
         engine.dispose()

@@ -1,14 +1,18 @@
-"""Token balances: reads, and the atomic updates every answered question goes through."""
+"""Token balances and counters: the atomic updates every answered question goes through, and
+every credit (an operator's grant, a paid invoice)."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
 
-from sqlalchemy import CursorResult, case, select, update
+from sqlalchemy import CursorResult, case, func, select, update
 from sqlalchemy.orm import Session
 
+from app.core.db import insert_for
 from app.core.errors import NotFound
-from app.models import Customer, UsageToken
+from app.models import Chatbot, ChatbotMonthlyUsage, Customer, TokenCredit, UsageToken
 from app.models.base import utcnow
 
 
@@ -67,3 +71,117 @@ def settle_tokens(
         .where(Customer.id == customer_id)
         .values(usage_tokens=Customer.usage_tokens + used)
     )
+
+
+def credit_tokens(
+    session: Session,
+    customer_id: uuid.UUID,
+    tokens: int,
+    *,
+    kind: str,
+    reason: str,
+    invoice_id: uuid.UUID | None = None,
+) -> TokenCredit:
+    """Add to the balance and record why, in the caller's transaction."""
+    result = session.execute(
+        update(UsageToken)
+        .where(UsageToken.customer_id == customer_id)
+        .values(tokens_remaining=UsageToken.tokens_remaining + tokens, last_updated=utcnow())
+    )
+    assert isinstance(result, CursorResult)
+    if result.rowcount != 1:
+        raise NotFound("No usage record for this customer.")
+    credit = TokenCredit(
+        customer_id=customer_id, tokens=tokens, kind=kind, reason=reason, invoice_id=invoice_id
+    )
+    session.add(credit)
+    session.flush()
+    return credit
+
+
+# --- a chatbot's spending per calendar month (its monthly_token_limit) ---
+
+
+def month_of(moment: datetime) -> date:
+    return date(moment.year, moment.month, 1)
+
+
+def reserve_chatbot_month(
+    session: Session, chatbot_id: uuid.UUID, month: date, amount: int, limit: int | None
+) -> bool:
+    """Count `amount` against the chatbot's month unless it is already at its limit: one
+    guarded upsert, so concurrent questions pass the limit by at most the one that crossed it."""
+    if limit is not None and limit <= 0:
+        return False
+    table = ChatbotMonthlyUsage.__table__
+    insert = insert_for(session)(table).values(chatbot_id=chatbot_id, month=month, tokens=amount)
+    statement = insert.on_conflict_do_update(
+        index_elements=[table.c.chatbot_id, table.c.month],
+        set_={"tokens": table.c.tokens + insert.excluded.tokens},
+        where=(table.c.tokens < limit) if limit is not None else None,
+    ).returning(table.c.tokens)
+    return session.execute(statement).first() is not None
+
+
+def adjust_chatbot_month(session: Session, chatbot_id: uuid.UUID, month: date, delta: int) -> None:
+    """Replace a reservation by what was spent (delta = used - reserved), or give it back."""
+    if delta == 0:
+        return
+    tokens = ChatbotMonthlyUsage.tokens + delta
+    session.execute(
+        update(ChatbotMonthlyUsage)
+        .where(ChatbotMonthlyUsage.chatbot_id == chatbot_id, ChatbotMonthlyUsage.month == month)
+        .values(tokens=case((tokens < 0, 0), else_=tokens))
+    )
+
+
+# --- the operator's view ---
+
+
+@dataclass(frozen=True)
+class CustomerBalance:
+    id: uuid.UUID
+    name: str
+    contact_email: str
+    tokens_remaining: int
+    tokens_used: int
+    chatbots: int
+    created_at: datetime
+
+
+def customer_balances(session: Session) -> list[CustomerBalance]:
+    """Every customer with its balance, usage and number of chatbots (one query)."""
+    chatbots = (
+        select(func.count(Chatbot.id))
+        .where(Chatbot.customer_id == Customer.id)
+        .correlate(Customer)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(
+            Customer.id,
+            Customer.name,
+            Customer.contact_email,
+            func.coalesce(UsageToken.tokens_remaining, 0),
+            func.coalesce(UsageToken.tokens_used, 0),
+            chatbots,
+            Customer.created_at,
+        )
+        .outerjoin(UsageToken, UsageToken.customer_id == Customer.id)
+        .order_by(Customer.created_at, Customer.id)
+    ).all()
+    return [CustomerBalance(*row) for row in rows]
+
+
+def find_customer(session: Session, ref: str) -> Customer:
+    """A customer by its id or its contact email (what an operator has at hand)."""
+    ref = ref.strip()
+    try:
+        customer = session.get(Customer, uuid.UUID(ref))
+    except ValueError:
+        customer = session.scalar(
+            select(Customer).where(func.lower(Customer.contact_email) == ref.lower())
+        )
+    if customer is None:
+        raise NotFound(f"No customer with id or contact email {ref!r}.")
+    return customer

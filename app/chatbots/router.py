@@ -20,10 +20,11 @@ router = APIRouter(prefix="/api/chatbots", tags=["chatbots"])
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=Chatbot,
-    responses=errors(401, 422),
+    responses=errors(401, 403, 422),
     summary="Create a chatbot (its API key is generated)",
 )
 def create_chatbot(data: ChatbotCreate, user: CurrentUser, session: SessionDep) -> Chatbot:
+    service.check_admin_fields(data, user.role)
     return Chatbot.model_validate(service.create_chatbot(session, user.customer_id, data))
 
 
@@ -38,8 +39,11 @@ def get_chatbot(chatbot: OwnedChatbot) -> Chatbot:
     return Chatbot.model_validate(chatbot)
 
 
-@router.patch("/{chatbot_id}", response_model=Chatbot, responses=errors(401, 404, 422))
-def update_chatbot(data: ChatbotUpdate, chatbot: OwnedChatbot, session: SessionDep) -> Chatbot:
+@router.patch("/{chatbot_id}", response_model=Chatbot, responses=errors(401, 403, 404, 422))
+def update_chatbot(
+    data: ChatbotUpdate, chatbot: OwnedChatbot, user: CurrentUser, session: SessionDep
+) -> Chatbot:
+    service.check_admin_fields(data, user.role)
     return Chatbot.model_validate(service.update_chatbot(session, chatbot, data))
 
 

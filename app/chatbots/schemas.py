@@ -44,6 +44,15 @@ Temperature = Annotated[float, Field(ge=0, le=2)]
 TopK = Annotated[int, Field(ge=1, le=20)]
 Origins = Annotated[list[Origin], Field(max_length=50, examples=[["https://www.acme.example"]])]
 WelcomeMessage = Annotated[str, Field(max_length=1000), NoNul]
+MonthlyTokenLimit = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=10**12,
+        description="Tokens the chatbot may spend per calendar month (UTC); past it its "
+        "public endpoint answers 402. Admins only; null: no limit.",
+    ),
+]
 
 
 class ChatbotCreate(Schema):
@@ -54,6 +63,7 @@ class ChatbotCreate(Schema):
     top_k: TopK = 5
     allowed_origins: Origins = Field(default_factory=list)
     welcome_message: WelcomeMessage | None = None
+    monthly_token_limit: MonthlyTokenLimit | None = None
 
 
 class ChatbotUpdate(Schema):
@@ -73,6 +83,7 @@ class ChatbotUpdate(Schema):
     top_k: TopK | None = None
     allowed_origins: Origins | None = None
     welcome_message: WelcomeMessage | None = None
+    monthly_token_limit: MonthlyTokenLimit | None = None
 
 
 class Chatbot(Schema):
@@ -85,6 +96,7 @@ class Chatbot(Schema):
     top_k: int
     allowed_origins: list[str]
     welcome_message: str | None
+    monthly_token_limit: int | None
     api_key: str = Field(description="Publishable key for the public query endpoint and widget.")
     demo_message_count: int
     created_at: datetime

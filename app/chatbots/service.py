@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 from app.chatbots.schemas import ChatbotCreate, ChatbotUpdate
 from app.core.config import Settings
 from app.core.db import after_commit, paginate
-from app.core.errors import NotFound
+from app.core.errors import AdminRequired, NotFound
 from app.core.schemas import PageParams
 from app.core.security import generate_api_key
-from app.models import Chatbot
+from app.models import Chatbot, Role
 from app.rag.vector_store import VectorStore
 from app.widget.asset import widget_asset
 
@@ -39,6 +39,16 @@ def list_chatbots(
 ) -> tuple[list[Chatbot], int]:
     scope = select(Chatbot).where(Chatbot.customer_id == customer_id)
     return paginate(session, scope, page, Chatbot.created_at, Chatbot.id)
+
+
+ADMIN_FIELDS = ("monthly_token_limit",)
+
+
+def check_admin_fields(data: ChatbotCreate | ChatbotUpdate, role: Role) -> None:
+    """A spend limit is a billing decision: only admins set it (members use chatbots)."""
+    sent = [name for name in ADMIN_FIELDS if name in data.model_fields_set]
+    if sent and role != Role.admin:
+        raise AdminRequired(f"Only an admin can set {', '.join(sent)}.")
 
 
 def create_chatbot(session: Session, customer_id: uuid.UUID, data: ChatbotCreate) -> Chatbot:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -29,7 +30,13 @@ class Settings(BaseSettings):
     CHROMA_URL: str | None = None
 
     @field_validator(
-        "CHROMA_URL", "FIREWORKS_API_KEY", "CHUNK_SIZE", "CHUNK_OVERLAP", mode="before"
+        "CHROMA_URL",
+        "FIREWORKS_API_KEY",
+        "CHUNK_SIZE",
+        "CHUNK_OVERLAP",
+        "BILLING_WEBHOOK_SECRET",
+        "INVOICE_FONT_PATH",
+        mode="before",
     )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
@@ -80,6 +87,24 @@ class Settings(BaseSettings):
     SSE_HEARTBEAT_SECONDS: float = Field(default=15.0, gt=0)
     DEMO_MESSAGE_LIMIT: int = Field(default=10, ge=0)
 
+    # --- billing ---
+    PLATFORM_NAME: str = "Chatbot Platform"
+    # Price of 1,000 tokens, in CURRENCY; amounts are Decimal, rounded half-to-even to cents.
+    PRICE_PER_1K_TOKENS: Decimal = Field(
+        default=Decimal("0.50"), gt=0, max_digits=10, decimal_places=4
+    )
+    CURRENCY: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    INVOICE_DUE_DAYS: int = Field(default=30, ge=0, le=365)
+    INVOICE_MIN_TOKENS: int = Field(default=10_000, ge=1)
+    INVOICE_MAX_TOKENS: int = Field(default=100_000_000, ge=1)
+    # /api/usage says low_balance: true below this many tokens.
+    LOW_BALANCE_TOKENS: int = Field(default=10_000, ge=0)
+    # Signs payment-provider webhooks (HMAC-SHA256); empty: the webhook answers 503.
+    BILLING_WEBHOOK_SECRET: str | None = None
+    BILLING_WEBHOOK_TOLERANCE_SECONDS: int = Field(default=300, ge=1)
+    # A TrueType font for invoice PDFs (any script); empty: DejaVu Sans where installed.
+    INVOICE_FONT_PATH: Path | None = None
+
     # --- rate limits ---
     RATE_LIMIT_STORAGE_URL: str = "memory://"
     RATE_LIMIT_PUBLIC_PER_CLIENT: str = "60/minute"
@@ -97,6 +122,8 @@ class Settings(BaseSettings):
             )
         if self.CHUNK_SIZE and self.CHUNK_OVERLAP and self.CHUNK_OVERLAP >= self.CHUNK_SIZE:
             raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
+        if self.INVOICE_MIN_TOKENS > self.INVOICE_MAX_TOKENS:
+            raise ValueError("INVOICE_MIN_TOKENS must not be larger than INVOICE_MAX_TOKENS")
         return self
 
     @property

@@ -100,6 +100,14 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
+def insert_for(session: Session) -> Callable[[Any], Any]:
+    """The dialect's INSERT, which has ON CONFLICT (upserts) on PostgreSQL and SQLite."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = session.get_bind().dialect.name
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
 def after_commit(session: Session, action: Callable[[], None]) -> None:
     """Run `action` once the session's transaction has committed (e.g. delete files)."""
     event.listen(session, "after_commit", lambda _s: action(), once=True)

@@ -11,6 +11,9 @@ class AppError(Exception):
     status_code: int = 400
     code: str = "bad_request"
     default_detail: str = "The request could not be processed."
+    # What a website's visitor is told instead of `detail` on the public endpoints (None:
+    # the detail is fit for visitors): never a tenant's balance, limits, models or paths.
+    public_detail: str | None = None
 
     def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None):
         self.detail = detail or self.default_detail
@@ -74,9 +77,19 @@ class OriginNotAllowed(Forbidden):
 
 
 class ValidationFailed(AppError):
+    """A rule FastAPI's validation cannot express; the body has the same shape as its 422s."""
+
     status_code = 422
     code = "validation_error"
     default_detail = "The request is not valid."
+
+    def __init__(self, detail: str | None = None, *, loc: tuple[str | int, ...] = ()):
+        super().__init__(detail)
+        self.loc = loc
+
+    def body(self) -> dict[str, Any]:
+        error = {"loc": list(self.loc), "msg": self.detail, "type": "value_error"}
+        return {**super().body(), "errors": [error]}
 
 
 class PayloadTooLarge(AppError):
@@ -115,6 +128,12 @@ class InsufficientTokens(AppError):
     status_code = 402
     code = "insufficient_tokens"
     default_detail = "Not enough tokens left for this request; buy a token pack to continue."
+    public_detail = "This chatbot cannot answer right now; please try again later."
+
+
+class MonthlyLimitReached(InsufficientTokens):
+    code = "monthly_limit_reached"
+    default_detail = "This chatbot has spent its monthly token limit."
 
 
 class ServiceUnavailable(AppError):

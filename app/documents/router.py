@@ -121,7 +121,7 @@ def delete_document(
     summary="Re-embed every document with the current embedding model",
 )
 def reindex(chatbot: OwnedChatbot, session: SessionDep, runtime: RuntimeDep) -> Reindex:
-    queued = service.reindex(session, runtime.store, chatbot, runtime.workers.wake)
+    queued = service.reindex(session, chatbot, runtime.workers.wake)
     return Reindex(
         chatbot_id=chatbot.id, documents_queued=queued, embedding_model=runtime.embedder.model_name
     )

@@ -130,10 +130,10 @@ def delete_document(
     after_commit(session, cleanup)
 
 
-def reindex(
-    session: Session, store: VectorStore, chatbot: Chatbot, wake: Callable[[], None]
-) -> int:
-    """Queue every document again and drop the collection, so the current model rebuilds it."""
+def reindex(session: Session, chatbot: Chatbot, wake: Callable[[], None] | None = None) -> int:
+    """Queue every document again; the first worker to claim one of them drops the old
+    collection before it writes (see `queue.claim_next`), so any process can ask (the API,
+    the operator's CLI) and a crash in between loses nothing."""
     result = session.execute(
         update(Document)
         .where(Document.chatbot_id == chatbot.id)
@@ -149,11 +149,8 @@ def reindex(
             metadata_json={},
         )
     )
-    chatbot_id = chatbot.id
-
-    def rebuild() -> None:
-        store.delete_chatbot(chatbot_id)
-        wake()
-
-    after_commit(session, rebuild)
+    chatbot.rebuild_pending = True
+    session.flush()
+    if wake is not None:
+        after_commit(session, wake)
     return int(getattr(result, "rowcount", 0) or 0)

@@ -9,11 +9,13 @@ until INGEST_MAX_ATTEMPTS claims have been spent.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Result, and_, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, Result, and_, func, or_, select, update
+from sqlalchemy.orm import Session
 
 from app.core.db import Database
 from app.models import Chatbot, Document, DocumentStatus
@@ -55,7 +57,17 @@ def _claimable(now: Any) -> ColumnElement[bool]:
     )
 
 
-def claim_next(db: Database, owner: str, lease_seconds: int, max_attempts: int) -> Claim | None:
+def claim_next(
+    db: Database,
+    owner: str,
+    lease_seconds: int,
+    max_attempts: int,
+    rebuild: Callable[[uuid.UUID], None] | None = None,
+) -> Claim | None:
+    """Claim the next document. `rebuild(chatbot_id)` drops a collection whose chatbot asked
+    for a reindex: it runs inside the claim's transaction, while the chatbot's row is locked,
+    so no other worker writes vectors of that chatbot before the old ones are gone (and if it
+    fails, the claim and the request are both kept for the next try)."""
     now = utcnow()
     with db.session() as session:
         # Rows whose worker died too often end here instead of looping forever.
@@ -108,6 +120,14 @@ def claim_next(db: Database, owner: str, lease_seconds: int, max_attempts: int) 
             .where(Document.id == doc_id)
         ).one()
         document: Document = row[0]
+        if rebuild is not None:
+            flagged = session.execute(
+                update(Chatbot)
+                .where(Chatbot.id == document.chatbot_id, Chatbot.rebuild_pending.is_(True))
+                .values(rebuild_pending=False)
+            )
+            if _rowcount(flagged) == 1:
+                rebuild(document.chatbot_id)
         return Claim(
             document_id=document.id,
             chatbot_id=document.chatbot_id,
@@ -214,3 +234,70 @@ def job_state(db: Database, claim: Claim) -> tuple[bool, bool]:
         if session.get(Document, claim.document_id) is not None:
             return True, True
         return False, session.get(Chatbot, claim.chatbot_id) is not None
+
+
+# --- the operator's view ---
+
+
+@dataclass(frozen=True)
+class FailedDocument:
+    id: uuid.UUID
+    chatbot_id: uuid.UUID
+    filename: str
+    error: str
+    processed_at: Any
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    counts: dict[str, int]
+    oldest_queued_seconds: float | None
+    failed: list[FailedDocument]
+
+
+def queue_status(session: Session, failed_limit: int = 50) -> QueueStatus:
+    counts = {status.value: 0 for status in DocumentStatus}
+    for status, count in session.execute(
+        select(Document.status, func.count()).group_by(Document.status)
+    ).all():
+        counts[str(status)] = int(count)
+    oldest = session.scalar(
+        select(func.min(Document.uploaded_at)).where(Document.status == DocumentStatus.queued)
+    )
+    failed = session.execute(
+        select(
+            Document.id,
+            Document.chatbot_id,
+            Document.filename,
+            Document.error,
+            Document.processed_at,
+        )
+        .where(Document.status == DocumentStatus.failed)
+        .order_by(Document.processed_at.desc(), Document.id)
+        .limit(failed_limit)
+    ).all()
+    age = (utcnow() - oldest).total_seconds() if oldest is not None else None
+    return QueueStatus(
+        counts=counts,
+        oldest_queued_seconds=age,
+        failed=[FailedDocument(i, c, f, e or "", p) for i, c, f, e, p in failed],
+    )
+
+
+def retry_failed(session: Session, document_ids: list[uuid.UUID] | None = None) -> int:
+    """Queue failed documents again with fresh attempts (all of them when no ids are given)."""
+    scope = update(Document).where(Document.status == DocumentStatus.failed)
+    if document_ids is not None:
+        scope = scope.where(Document.id.in_(document_ids))
+    result = session.execute(
+        scope.values(
+            status=DocumentStatus.queued,
+            error=None,
+            attempts=0,
+            progress=0.0,
+            lease_owner=None,
+            lease_expires_at=None,
+            processed_at=None,
+        )
+    )
+    return _rowcount(result)

@@ -69,6 +69,7 @@ class IngestWorker:
             self.name,
             self.settings.INGEST_LEASE_SECONDS,
             self.settings.INGEST_MAX_ATTEMPTS,
+            rebuild=self.store.delete_chatbot,
         )
         if claim is None:
             return False

@@ -1,7 +1,14 @@
 """All ORM models, imported together so relationships and Alembic see every table."""
 
 from app.models.base import Base
-from app.models.billing import Billing
+from app.models.billing import (
+    Billing,
+    BillingEvent,
+    ChatbotMonthlyUsage,
+    InvoiceCounter,
+    InvoiceStatus,
+    TokenCredit,
+)
 from app.models.chat_history import ChatHistory
 from app.models.chatbot import Chatbot
 from app.models.customer import Customer
@@ -12,6 +19,11 @@ from app.models.user import Role, User
 __all__ = [
     "Base",
     "Billing",
+    "BillingEvent",
+    "ChatbotMonthlyUsage",
+    "InvoiceCounter",
+    "InvoiceStatus",
+    "TokenCredit",
     "ChatHistory",
     "Chatbot",
     "Customer",

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import ForeignKey, String, Text
+from sqlalchemy import BigInteger, ForeignKey, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, JSONType, Timestamps, UUIDPk
@@ -23,3 +23,8 @@ class Chatbot(UUIDPk, Timestamps, Base):
     top_k: Mapped[int] = mapped_column(default=5, server_default="5")
     allowed_origins: Mapped[list[str]] = mapped_column(JSONType, default=list)
     welcome_message: Mapped[str | None] = mapped_column(Text)
+    # Tokens the chatbot may spend per calendar month (UTC); None: no cap. Set by admins.
+    monthly_token_limit: Mapped[int | None] = mapped_column(BigInteger)
+    # Reindex asked for: the next worker that claims one of its documents drops the old
+    # collection first (so any process can ask, and a crash between the two loses nothing).
+    rebuild_pending: Mapped[bool] = mapped_column(default=False, server_default=false())

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from starlette.responses import Response
 
 from app.core.errors import AppError, OriginNotAllowed
-from app.query.service import PUBLIC_REINDEX_DETAIL, Asker, ReindexNeeded, origin_allowed
+from app.query.service import Asker, origin_allowed
 
 ALLOWED_HEADERS = "Content-Type, X-API-Key, Accept, X-Request-ID"
 QUERY_METHODS = "POST, OPTIONS"
@@ -43,12 +43,9 @@ def public_errors(readable_by: str | None, methods: str) -> Iterator[None]:
     with details meant for visitors (no model names, paths or tenant endpoints)."""
     try:
         yield
-    except ReindexNeeded as exc:
-        error = ReindexNeeded(PUBLIC_REINDEX_DETAIL)
-        if readable_by:
-            error.headers = cors_headers(readable_by, methods)
-        raise error from exc
     except AppError as exc:
+        if exc.public_detail:
+            exc.detail = exc.public_detail
         if readable_by:
             exc.headers = {**(exc.headers or {}), **cors_headers(readable_by, methods)}
         raise

@@ -11,12 +11,20 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import date
 
 from limits import parse
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.billing.service import release_tokens, reserve_tokens, settle_tokens
+from app.billing.service import (
+    adjust_chatbot_month,
+    month_of,
+    release_tokens,
+    reserve_chatbot_month,
+    reserve_tokens,
+    settle_tokens,
+)
 from app.core.config import Settings
 from app.core.db import Database, paginate
 from app.core.errors import (
@@ -25,6 +33,7 @@ from app.core.errors import (
     Forbidden,
     InsufficientTokens,
     InvalidApiKey,
+    MonthlyLimitReached,
     NotFound,
     OriginNotAllowed,
     RateLimited,
@@ -34,6 +43,7 @@ from app.core.ratelimit import RateLimiter
 from app.core.schemas import PageParams
 from app.core.security import api_keys_match
 from app.models import Chatbot, ChatHistory, User
+from app.models.base import utcnow
 from app.query.schemas import QUESTION_MAX_LENGTH, PublicChatbot
 from app.rag.prompting import Turn, build_messages, extractive_answer
 from app.rag.vector_store import EmbeddingModelMismatch, Hit
@@ -42,11 +52,9 @@ from app.runtime import Runtime
 
 class ReindexNeeded(Conflict):
     code = "embedding_model_mismatch"
-
-
-PUBLIC_REINDEX_DETAIL = (
-    "This chatbot cannot answer until its owner reindexes its documents; try again later."
-)
+    public_detail = (
+        "This chatbot cannot answer until its owner reindexes its documents; try again later."
+    )
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,7 @@ class Asker:
     temperature: float | None
     top_k: int
     allowed_origins: tuple[str, ...]
+    monthly_token_limit: int | None = None
     api_key: str = field(default="", repr=False)
     user_id: uuid.UUID | None = None
     demo: bool = False
@@ -75,6 +84,7 @@ class Prepared:
     reserved: int
     estimated_input: int
     started: float
+    month: date | None = None  # the calendar month the reservation was counted in
     answer: str = ""  # known in advance for the extractive and fallback modes
     demo_remaining: int | None = None
     message_id: uuid.UUID = field(default_factory=uuid.uuid4)
@@ -88,6 +98,7 @@ def _asker(chatbot: Chatbot, user_id: uuid.UUID | None = None, demo: bool = Fals
         temperature=chatbot.temperature,
         top_k=chatbot.top_k,
         allowed_origins=tuple(chatbot.allowed_origins or ()),
+        monthly_token_limit=chatbot.monthly_token_limit,
         api_key=chatbot.api_key,
         user_id=user_id,
         demo=demo,
@@ -225,12 +236,20 @@ def prepare(
         if asker.demo:
             prepared.demo_remaining = _take_demo_slot(session, asker.chatbot_id, settings)
         elif reserve > 0:
+            # One transaction: the chatbot's month and the balance are both taken or neither.
+            month = month_of(utcnow())
+            limit = asker.monthly_token_limit
+            if not reserve_chatbot_month(session, asker.chatbot_id, month, reserve, limit):
+                raise MonthlyLimitReached(
+                    f"This chatbot has spent its monthly_token_limit ({limit} tokens) for "
+                    f"{month:%B %Y}; an admin can raise it, or it resets on the 1st (UTC)."
+                )
             if not reserve_tokens(session, asker.customer_id, reserve):
                 raise InsufficientTokens(
                     f"This question needs up to {reserve} tokens and the balance is lower; "
                     "buy a token pack to continue."
                 )
-            prepared.reserved = reserve
+            prepared.reserved, prepared.month = reserve, month
     return prepared
 
 
@@ -316,6 +335,15 @@ def finish(
     TOKENS.labels("output", demo).inc(output_tokens)
     with db.session() as session:
         if not asker.demo and (prepared.reserved or input_tokens or output_tokens):
+            # Rows are locked in one order everywhere (the chatbot's month, then the
+            # balance), so concurrent questions wait for each other instead of deadlocking.
+            used = input_tokens + output_tokens
+            if prepared.month is None:  # nothing was reserved (e.g. counted afterwards)
+                reserve_chatbot_month(session, asker.chatbot_id, month_of(utcnow()), used, None)
+            else:
+                adjust_chatbot_month(
+                    session, asker.chatbot_id, prepared.month, used - prepared.reserved
+                )
             settle_tokens(
                 session, asker.customer_id, prepared.reserved, input_tokens, output_tokens
             )
@@ -350,6 +378,8 @@ def abandon(db: Database, prepared: Prepared) -> None:
                 .values(demo_message_count=Chatbot.demo_message_count - 1)
             )
         elif prepared.reserved:
+            if prepared.month is not None:  # the same lock order as finish
+                adjust_chatbot_month(session, asker.chatbot_id, prepared.month, -prepared.reserved)
             release_tokens(session, asker.customer_id, prepared.reserved)
 
 

@@ -98,18 +98,25 @@ class VectorStore:
     def _collection_for_write(
         self, chatbot_id: uuid.UUID, customer_id: uuid.UUID, model: str, dimension: int
     ) -> Collection:
+        metadata = {
+            "hnsw:space": "cosine",
+            "chatbot_id": str(chatbot_id),
+            "customer_id": str(customer_id),
+            "embedding_model": model,
+            "embedding_dim": dimension,
+        }
+        name = collection_name(chatbot_id)
         with self._create_lock:
             collection = self.client.get_or_create_collection(
-                collection_name(chatbot_id),
-                metadata={
-                    "hnsw:space": "cosine",
-                    "chatbot_id": str(chatbot_id),
-                    "customer_id": str(customer_id),
-                    "embedding_model": model,
-                    "embedding_dim": dimension,
-                },
-                embedding_function=None,
+                name, metadata=metadata, embedding_function=None
             )
+            if _model_differs(collection, model) and collection.count() == 0:
+                # Empty (its documents were deleted): nothing to keep, so no reindex needed.
+                self._handles.pop(chatbot_id, None)
+                self.client.delete_collection(name)
+                collection = self.client.create_collection(
+                    name, metadata=metadata, embedding_function=None
+                )
         _check_model(collection, model)
         return collection
 
@@ -133,7 +140,7 @@ class VectorStore:
 
     def query(self, chatbot_id: uuid.UUID, model: str, embedding: list[float], k: int) -> list[Hit]:
         collection = self._collection(chatbot_id)
-        if collection is None:
+        if collection is None or (_model_differs(collection, model) and collection.count() == 0):
             return []
         _check_model(collection, model)
         try:
@@ -188,9 +195,14 @@ class VectorStore:
             pass
 
 
-def _check_model(collection: Collection, model: str) -> None:
+def _model_differs(collection: Collection, model: str) -> bool:
     stored = (collection.metadata or {}).get("embedding_model")
-    if stored and stored != model:
+    return bool(stored) and stored != model
+
+
+def _check_model(collection: Collection, model: str) -> None:
+    if _model_differs(collection, model):
+        stored = (collection.metadata or {}).get("embedding_model")
         raise EmbeddingModelMismatch(str(stored), model)
 
 

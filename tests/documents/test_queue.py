@@ -11,6 +11,7 @@ import time
 import uuid
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, update
 
 from app.core.db import get_database
@@ -201,3 +202,47 @@ def test_transient_failure_is_retried_after_a_pause(client, paused_workers, tmp_
     db_session.expire_all()
     done = db_session.get(Document, doc_id)
     assert done.status == DocumentStatus.ready and done.error is None and done.attempts == 2
+
+
+def test_reindex_drops_the_collection_inside_the_first_claim_and_survives_a_failing_store(
+    client, paused_workers, tmp_path, db_session
+):
+    from app.models import Chatbot
+
+    runtime = paused_workers
+    tenant = register(client)
+    bot = create_chatbot(client, tenant)
+    chatbot_id = uuid.UUID(bot["id"])
+    for i in range(2):
+        upload(client, tenant, bot["id"], docgen.make_txt(tmp_path / f"r{i}.txt", f"Rebuild {i}."))
+    _drain_queue(_worker(runtime, "worker-r"))
+    stored = runtime.store.count(chatbot_id)
+    assert stored >= 2
+    assert (
+        client.post(f"/api/chatbots/{bot['id']}/reindex", headers=tenant.headers).status_code == 202
+    )
+    db_session.expire_all()
+    assert db_session.get(Chatbot, chatbot_id).rebuild_pending is True
+    assert runtime.store.count(chatbot_id) == stored  # nothing dropped by the request itself
+
+    def unavailable(_: uuid.UUID) -> None:
+        raise ConnectionError("vector store down")
+
+    db = get_database()
+    with pytest.raises(ConnectionError):
+        queue.claim_next(db, "worker-x", 60, 3, rebuild=unavailable)
+    db_session.expire_all()
+    rows = db_session.scalars(select(Document).where(Document.chatbot_id == chatbot_id)).all()
+    assert {r.status for r in rows} == {DocumentStatus.queued}  # the claim was rolled back
+    assert db_session.get(Chatbot, chatbot_id).rebuild_pending is True  # and the request kept
+
+    dropped: list[uuid.UUID] = []
+    first = queue.claim_next(db, "worker-y", 60, 3, rebuild=dropped.append)
+    second = queue.claim_next(db, "worker-y", 60, 3, rebuild=dropped.append)
+    assert first is not None and second is not None
+    assert {first.chatbot_id, second.chatbot_id} == {chatbot_id}
+    assert dropped == [chatbot_id]  # once, by the first claim only
+    db_session.expire_all()
+    assert db_session.get(Chatbot, chatbot_id).rebuild_pending is False
+    # Leave no claimed rows behind for other tests' workers.
+    assert client.delete(f"/api/chatbots/{bot['id']}", headers=tenant.headers).status_code == 204
