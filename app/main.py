@@ -17,11 +17,9 @@ from app.core.db import get_database
 from app.core.handlers import install_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware, TenantCORSMiddleware
-from app.core.ratelimit import RateLimiter
 from app.documents.router import router as documents_router
 from app.ops.router import router as ops_router
 from app.query.router import router as query_router
-from app.rag.loaders import shutdown_extractors
 from app.runtime import Runtime
 from app.users.router import router as users_router
 from app.widget.router import router as widget_router
@@ -33,7 +31,6 @@ log = logging.getLogger("app")
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     settings.UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
-    app.state.limiter = RateLimiter(settings.RATE_LIMIT_STORAGE_URL)
     runtime = await anyio.to_thread.run_sync(Runtime.build, settings)
     runtime.start(get_database())
     app.state.runtime = runtime
@@ -43,7 +40,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await runtime.stop()
-        await anyio.to_thread.run_sync(shutdown_extractors)
         get_database().dispose()
 
 

@@ -18,7 +18,9 @@ wins over the defaults).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -29,13 +31,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests import factories  # noqa: E402 - the tests' factories, over a plain httpx.Client
+from tests.factories import Tenant  # noqa: E402
+
 VENV_BIN = REPO / ".venv" / "bin"
 DEFAULT_POSTGRES_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 ACTIVE = ("queued", "processing")
@@ -44,17 +50,6 @@ PASSWORD = "bench-password-123"
 
 class ServerError(RuntimeError):
     """The server did not start, died, or answered something unexpected."""
-
-
-@dataclass
-class Tenant:
-    username: str
-    token: str
-    customer: dict[str, Any]
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
 
 
 def free_port() -> int:
@@ -426,20 +421,12 @@ class BenchServer:
         return response.json() if response.content else None
 
     def register_tenant(self, username: str | None = None) -> Tenant:
-        username = username or f"bench_{secrets.token_hex(4)}"
-        body = {
-            "username": username,
-            "password": PASSWORD,
-            "customer_name": f"Bench {username}",
-            "contact_email": f"{username}@example.com",
-        }
-        data = self._check(self.client.post("/auth/register", json=body), 201)
-        return Tenant(username, data["access_token"], data["customer"])
+        return factories.register(
+            self.client, username=username or f"bench_{secrets.token_hex(4)}", password=PASSWORD
+        )
 
     def create_chatbot(self, tenant: Tenant, **fields: Any) -> dict[str, Any]:
-        body = {"name": f"Bench bot {secrets.token_hex(3)}", **fields}
-        response = self.client.post("/api/chatbots", json=body, headers=tenant.headers)
-        return dict(self._check(response, 201))
+        return factories.create_chatbot(self.client, tenant, **fields)
 
     def upload(
         self, tenant: Tenant, chatbot_id: str, path: Path, filename: str | None = None
@@ -497,3 +484,40 @@ def running_server(**kwargs: Any) -> Iterator[BenchServer]:
     """``with running_server(model=...) as server:`` — same as ``with BenchServer(...)``."""
     with BenchServer(**kwargs) as server:
         yield server
+
+
+# --- what every bench script's command line has -------------------------------------------
+
+
+def add_run_options(parser: argparse.ArgumentParser, env_example: str = "CHUNK_SIZE=200") -> None:
+    """--json, --keep and --env, the same in every script."""
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the server's temp folder")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"extra server setting (repeatable), e.g. --env {env_example}",
+    )
+
+
+def server_env(
+    parser: argparse.ArgumentParser, items: list[str], base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The server's extra settings: `base`, then each --env KEY=VALUE."""
+    env = dict(base or {})
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--env wants KEY=VALUE, not {item!r}")
+        env[key] = value
+    return env
+
+
+def write_figures(path: Path | None, figures: Mapping[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    print(f"wrote {path}")

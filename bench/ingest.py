@@ -60,7 +60,10 @@ from bench._server import (  # noqa: E402
     BenchServer,
     CpuMeter,
     ServerError,
+    add_run_options,
     install_sigterm_handler,
+    server_env,
+    write_figures,
 )
 
 DEFAULT_CORPUS = (REPO.parent / "shared" / "corpus").resolve()
@@ -631,22 +634,9 @@ def main(argv: list[str] | None = None) -> int:
         help="times a slice of the raw-model timing is re-run when other processes used more "
         f"than {100 * NOISY_SHARE:.0f}%% of the CPU during it (default 2)",
     )
-    parser.add_argument("--json", type=Path, help="write the figures to this file")
-    parser.add_argument("--keep", action="store_true", help="keep the server's temp folder")
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra server setting (repeatable), e.g. --env CHUNK_SIZE=200",
-    )
+    add_run_options(parser)
     args = parser.parse_args(argv)
-    extra_env = {"EMBEDDING_BATCH_SIZE": str(args.batch_size)}
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            parser.error(f"--env wants KEY=VALUE, not {item!r}")
-        extra_env[key] = value
+    extra_env = server_env(parser, args.env, {"EMBEDDING_BATCH_SIZE": str(args.batch_size)})
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.corpus and not args.corpus.is_dir():
@@ -878,10 +868,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
             passed=ratio >= args.target,
             noisy=noisy,
         )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n")
-        print(f"wrote {args.json}")
+    write_figures(args.json, figures)
 
 
 if __name__ == "__main__":

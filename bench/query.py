@@ -67,12 +67,15 @@ for _key, _value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")):
 
 import httpx  # noqa: E402
 
-from bench._server import BenchServer, ServerError, install_sigterm_handler  # noqa: E402
-
-try:  # reports how busy the rest of the machine was (bench/_server.py, if it has it)
-    from bench._server import CpuMeter
-except ImportError:  # pragma: no cover - an older bench/_server.py
-    CpuMeter = None  # type: ignore[assignment,misc]
+from bench._server import (  # noqa: E402
+    BenchServer,
+    CpuMeter,
+    ServerError,
+    add_run_options,
+    install_sigterm_handler,
+    server_env,
+    write_figures,
+)
 from tests.fake_llm import FakeLLMServer, Send  # noqa: E402
 
 DEFAULT_EVAL = (REPO.parent / "shared" / "eval").resolve()
@@ -117,7 +120,12 @@ class TimedFakeLLM(FakeLLMServer):
         self.first_chunks: list[float] = []
 
     async def _stream(
-        self, payload: dict[str, Any], send: Send, break_after: int | None, done: Any
+        self,
+        payload: dict[str, Any],
+        send: Send,
+        break_after: int | None,
+        done: Any,
+        hold: Any = None,
     ) -> None:
         first = True
 
@@ -130,7 +138,7 @@ class TimedFakeLLM(FakeLLMServer):
                     self.first_chunks.append(stamp)
             await send(message)
 
-        await super()._stream(payload, timed_send, break_after, done)
+        await super()._stream(payload, timed_send, break_after, done, hold)
 
 
 # --------------------------------------------------------------------------------------------
@@ -576,10 +584,6 @@ def raw_cost(
 
 @contextlib.contextmanager
 def cpu_meter(server: BenchServer | None) -> Any:
-    """CpuMeter when bench/_server.py has it, else nothing."""
-    if CpuMeter is None:
-        yield None
-        return
     with CpuMeter(server) as meter:
         yield meter
 
@@ -671,16 +675,8 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="py-spy record the server during the c=1 run into this file (.svg or .txt)",
     )
-    parser.add_argument("--json", type=Path, help="write the figures to this file")
-    parser.add_argument("--keep", action="store_true", help="keep the server's temp folder")
     parser.add_argument("--seed", type=int, default=7, help="question order")
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra server setting (repeatable)",
-    )
+    add_run_options(parser, "OMP_NUM_THREADS=1")
     args = parser.parse_args(argv)
     install_sigterm_handler()
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
@@ -708,9 +704,7 @@ def main(argv: list[str] | None = None) -> int:
             "SIGNUP_TOKENS": "1000000000",
             "INGEST_WORKERS": "1",
         }
-        for item in args.env:
-            key, _, value = item.partition("=")
-            extra_env[key] = value
+        extra_env = server_env(parser, args.env, extra_env)
         # The raw measurement uses the server's torch thread count (e.g. --env OMP_NUM_THREADS=1).
         torch_threads = (
             int(extra_env["OMP_NUM_THREADS"]) if "OMP_NUM_THREADS" in extra_env else None
@@ -942,10 +936,7 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
             f"{r['db_connections_peak']}"
         )
     figures["pass"] = verdicts
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n")
-        print(f"wrote {args.json}")
+    write_figures(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -316,7 +316,7 @@ def chunking_study(
     import numpy as np
 
     from app.rag.chunking import chunk_sections
-    from app.rag.loaders import extract_text
+    from app.rag.extract import extract_text
 
     embedder = ceil["embedder"]
     queries = data["queries"]
@@ -367,7 +367,7 @@ def chunking_study(
 
 def _extracted_text(path: Path) -> str:
     """The text the worker chunked (the same extractor, in this process)."""
-    from app.rag.loaders import extract_text
+    from app.rag.extract import extract_text
 
     sections = extract_text(path, "md", max_pages=2000, max_chars=20_000_000)
     return "\n\n".join(s.text for s in sections)

@@ -145,9 +145,9 @@ def _fresh_rate_limits(request: pytest.FixtureRequest) -> None:
     """Rate-limit counters are process state; each test starts with none."""
     if "client" in request.fixturenames:
         app = request.getfixturevalue("app")
-        limiter = getattr(app.state, "limiter", None)
-        if limiter is not None:
-            limiter.reset()
+        runtime = getattr(app.state, "runtime", None)
+        if runtime is not None:
+            runtime.limiter.reset()
 
 
 @pytest.fixture
@@ -178,10 +178,23 @@ def runtime(client):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def paused_workers(runtime):  # type: ignore[no-untyped-def]
-    """Stop the app's embedded ingest workers for the test (they are restarted after)."""
+    """Stop the app's embedded ingest workers for the test (they are restarted after), with
+    an empty queue: what earlier tests left queued is processed first, so the test's own
+    claims find its own documents."""
     from app.core.db import get_database
+    from app.ingest.worker import IngestWorker
 
     runtime.workers.stop()
+    leftovers = IngestWorker(
+        runtime.settings,
+        get_database(),
+        runtime.embedder,
+        runtime.store,
+        runtime.sandbox,
+        "test-drain",
+    )
+    while leftovers.run_once():
+        pass
     yield runtime
     runtime.start_workers(get_database())
 

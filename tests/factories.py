@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi.testclient import TestClient
+from httpx import Client  # the app's TestClient, or any client with a base_url (bench)
 
 PASSWORD = "correct-horse-battery"
 
@@ -34,7 +34,7 @@ def unique(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(4)}"
 
 
-def register(client: TestClient, **overrides: Any) -> Tenant:
+def register(client: Client, **overrides: Any) -> Tenant:
     username = overrides.pop("username", unique("user_"))
     body = {
         "username": username,
@@ -49,7 +49,7 @@ def register(client: TestClient, **overrides: Any) -> Tenant:
     return Tenant(username, body["password"], data["access_token"], data["user"], data["customer"])
 
 
-def add_user(client: TestClient, admin: Tenant, role: str = "member") -> Tenant:
+def add_user(client: Client, admin: Tenant, role: str = "member") -> Tenant:
     username = unique(f"{role}_")
     response = client.post(
         "/api/users",
@@ -61,13 +61,13 @@ def add_user(client: TestClient, admin: Tenant, role: str = "member") -> Tenant:
     return Tenant(username, PASSWORD, token, response.json(), admin.customer)
 
 
-def login(client: TestClient, username: str, password: str) -> str:
+def login(client: Client, username: str, password: str) -> str:
     response = client.post("/auth/token", data={"username": username, "password": password})
     assert response.status_code == 200, response.text
     return str(response.json()["access_token"])
 
 
-def create_chatbot(client: TestClient, tenant: Tenant, **fields: Any) -> dict[str, Any]:
+def create_chatbot(client: Client, tenant: Tenant, **fields: Any) -> dict[str, Any]:
     body = {"name": unique("Bot "), **fields}
     response = client.post("/api/chatbots", json=body, headers=tenant.headers)
     assert response.status_code == 201, response.text
@@ -75,7 +75,7 @@ def create_chatbot(client: TestClient, tenant: Tenant, **fields: Any) -> dict[st
 
 
 def upload(
-    client: TestClient,
+    client: Client,
     tenant: Tenant,
     chatbot_id: str,
     path: Path,
@@ -93,7 +93,7 @@ def upload(
 
 
 def wait_for_document(
-    client: TestClient, tenant: Tenant, chatbot_id: str, document_id: str, timeout: float = 180
+    client: Client, tenant: Tenant, chatbot_id: str, document_id: str, timeout: float = 180
 ) -> dict[str, Any]:
     """Poll until the document is ready or failed."""
     deadline = time.monotonic() + timeout

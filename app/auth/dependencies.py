@@ -6,7 +6,7 @@ from fastapi import Depends
 from fastapi.security import OAuth2PasswordBearer
 
 from app.auth import service
-from app.core.db import SessionDep, get_database
+from app.core.db import DatabaseDep, SessionDep
 from app.core.deps import SettingsDep
 from app.core.errors import AdminRequired
 from app.models import Role, User
@@ -33,11 +33,11 @@ AdminUser = Annotated[User, Depends(admin_user)]
 
 
 def current_user_short(
-    settings: SettingsDep, token: Annotated[str | None, Depends(oauth2_scheme)]
+    settings: SettingsDep, db: DatabaseDep, token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> User:
     """Like CurrentUser, without holding a database session for the whole request (query
     routes stream for seconds; their own steps open short sessions)."""
-    with get_database().session() as session:
+    with db.session() as session:
         return service.user_from_token(session, settings, token)
 
 

@@ -9,9 +9,10 @@ from app.auth import service
 from app.auth.dependencies import CurrentUser
 from app.auth.schemas import Me, RegisterRequest, Registration, Token
 from app.core.db import SessionDep
-from app.core.deps import ClientIP, LimiterDep, SettingsDep
+from app.core.deps import ClientIP, SettingsDep
 from app.core.schemas import errors
 from app.core.security import create_access_token
+from app.runtime import LimiterDep
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 

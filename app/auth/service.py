@@ -24,36 +24,45 @@ from app.models import Customer, Role, UsageToken, User
 
 def register(session: Session, settings: Settings, data: RegisterRequest) -> tuple[User, Customer]:
     """Create the customer, its first (admin) user and its token balance."""
-    _ensure_available(session, data.username, str(data.contact_email))
-    customer = Customer(
-        name=data.customer_name, contact_email=str(data.contact_email).lower(), billing_info={}
-    )
+    _ensure_username_free(session, data.username)
+    email = str(data.contact_email).lower()
+    if session.scalar(select(Customer.id).where(func.lower(Customer.contact_email) == email)):
+        raise EmailTaken()
+    customer = Customer(name=data.customer_name, contact_email=email, billing_info={})
     session.add(customer)
-    session.flush()
-    user = User(
-        username=data.username,
-        password_hash=security.hash_password(data.password),
-        customer_id=customer.id,
-        role=Role.admin,
-    )
-    session.add_all(
-        [user, UsageToken(customer_id=customer.id, tokens_remaining=settings.SIGNUP_TOKENS)]
-    )
     try:
         session.flush()
     except IntegrityError as exc:  # lost a race with a concurrent sign-up
         raise Conflict("That username or contact email is already registered.") from exc
+    user = add_user(session, customer.id, data.username, data.password, Role.admin)
+    session.add(UsageToken(customer_id=customer.id, tokens_remaining=settings.SIGNUP_TOKENS))
+    session.flush()
     return user, customer
 
 
-def _ensure_available(session: Session, username: str, email: str) -> None:
+def add_user(
+    session: Session, customer_id: uuid.UUID, username: str, password: str, role: Role
+) -> User:
+    """The one way a user is created (sign-up, an admin adding one, the operator's CLI):
+    usernames are unique across customers, also when two requests race for one."""
+    _ensure_username_free(session, username)
+    user = User(
+        username=username,
+        password_hash=security.hash_password(password),
+        customer_id=customer_id,
+        role=role,
+    )
+    session.add(user)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise UsernameTaken() from exc
+    return user
+
+
+def _ensure_username_free(session: Session, username: str) -> None:
     if session.scalar(select(User.id).where(User.username == username)) is not None:
         raise UsernameTaken()
-    taken = session.scalar(
-        select(Customer.id).where(func.lower(Customer.contact_email) == email.lower())
-    )
-    if taken is not None:
-        raise EmailTaken()
 
 
 class UsernameTaken(Conflict):

@@ -16,8 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from app.billing.service import get_usage, month_of
-from app.core.config import Settings
+from app.billing.service import month_of
 from app.core.errors import ValidationFailed
 from app.models import Chatbot, ChatbotMonthlyUsage, ChatHistory
 from app.models.base import utcnow
@@ -160,10 +159,6 @@ def _chatbot_lines(session: Session, customer_id: uuid.UUID) -> dict[uuid.UUID, 
         chatbot_id: ChatbotLine(chatbot_id, name, limit, int(tokens or 0))
         for chatbot_id, name, limit, tokens in rows
     }
-
-
-def low_balance(session: Session, settings: Settings, customer_id: uuid.UUID) -> bool:
-    return get_usage(session, customer_id).tokens_remaining < settings.LOW_BALANCE_TOKENS
 
 
 CSV_COLUMNS = (

@@ -94,6 +94,16 @@ def reset_database() -> None:
     _database = None
 
 
+async def database_dep() -> Database:
+    # async: a trivial dependency must not cost a trip through the threadpool.
+    return get_database()
+
+
+# For code that opens its own short transactions (the query path, whose answers outlive a
+# request-scoped session's welcome).
+DatabaseDep = Annotated[Database, Depends(database_dep)]
+
+
 def get_session() -> Iterator[Session]:
     """The request's unit of work: committed when the endpoint succeeds, else rolled back."""
     with get_database().session() as session:

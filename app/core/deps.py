@@ -7,12 +7,6 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.core.config import Settings, get_settings
-from app.core.ratelimit import RateLimiter
-
-
-async def get_limiter(request: Request) -> RateLimiter:
-    limiter: RateLimiter = request.app.state.limiter
-    return limiter
 
 
 async def client_ip(request: Request) -> str:
@@ -25,5 +19,4 @@ async def settings_dep() -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(settings_dep)]
-LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
 ClientIP = Annotated[str, Depends(client_ip)]

@@ -136,6 +136,14 @@ class MonthlyLimitReached(InsufficientTokens):
     default_detail = "This chatbot has spent its monthly token limit."
 
 
+class InternalError(AppError):
+    """Never raised on purpose: the body every unexpected failure answers with."""
+
+    status_code = 500
+    code = "internal_error"
+    default_detail = "Internal server error; the error was logged."
+
+
 class ServiceUnavailable(AppError):
     status_code = 503
     code = "service_unavailable"

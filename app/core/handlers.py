@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.core.errors import AppError, DatabaseUnavailable
+from app.core.errors import AppError, DatabaseUnavailable, InternalError
 
 log = logging.getLogger("app.errors")
 
@@ -47,7 +47,8 @@ async def validation_error_handler(_request: Request, exc: Exception) -> JSONRes
 def _clean(error: dict[str, Any]) -> dict[str, Any]:
     # The raw input and pydantic's context may hold unserialisable or sensitive values.
     cleaned = {k: v for k, v in error.items() if k in ("loc", "msg", "type")}
-    return jsonable_encoder(cleaned)
+    encoded: dict[str, Any] = jsonable_encoder(cleaned)
+    return encoded
 
 
 async def http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
@@ -69,10 +70,7 @@ async def database_error_handler(_request: Request, exc: Exception) -> JSONRespo
 
 async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(
-        {"detail": "Internal server error; the error was logged.", "code": "internal_error"},
-        status_code=500,
-    )
+    return JSONResponse(InternalError().body(), status_code=InternalError.status_code)
 
 
 def install_handlers(app: FastAPI) -> None:

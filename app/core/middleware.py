@@ -13,6 +13,7 @@ from prometheus_client import Counter, Histogram
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.errors import InternalError
 from app.core.logging import request_id_var
 
 log = logging.getLogger("app.access")
@@ -24,9 +25,7 @@ LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-INTERNAL_ERROR_BODY = json.dumps(
-    {"detail": "Internal server error; the error was logged.", "code": "internal_error"}
-).encode()
+INTERNAL_ERROR_BODY = json.dumps(InternalError().body()).encode()
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 

@@ -24,7 +24,6 @@ class RateLimiter:
     def __init__(self, storage_url: str):
         self.storage = storage.storage_from_string(storage_url)
         self._limiter = strategies.MovingWindowRateLimiter(self.storage)
-        self.is_local = storage_url.startswith("memory://")
 
     def hit(self, limit: RateLimitItem, *key: str) -> Decision:
         if self._limiter.hit(limit, *key):

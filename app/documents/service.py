@@ -17,7 +17,7 @@ from app.core.errors import Conflict, NotFound, UnsupportedMediaType
 from app.core.schemas import PageParams
 from app.documents.upload import ReceivedFile
 from app.models import Chatbot, Document, DocumentStatus
-from app.rag.loaders import SUPPORTED_TYPES, detect_file_type
+from app.rag.extract import SUPPORTED_TYPES, detect_file_type
 from app.rag.vector_store import VectorStore
 
 SUPPORTED_LIST = ", ".join(sorted(t.upper() for t in SUPPORTED_TYPES))

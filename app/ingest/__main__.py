@@ -16,9 +16,7 @@ from app.core.config import get_settings
 from app.core.db import get_database
 from app.core.logging import configure_logging
 from app.ingest.worker import IngestWorker, WorkerPool
-from app.rag.embeddings import Embedder
-from app.rag.loaders import shutdown_extractors
-from app.rag.vector_store import VectorStore
+from app.runtime import build_ingestion_clients
 
 log = logging.getLogger("app.ingest")
 
@@ -33,14 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     configure_logging(settings.LOG_LEVEL, settings.LOG_JSON)
     db = get_database()
-    embedder = Embedder(
-        settings.EMBEDDING_MODEL, settings.EMBEDDING_DEVICE, settings.EMBEDDING_BATCH_SIZE
-    )
+    embedder, store, sandbox = build_ingestion_clients(settings)
     embedder.load()
-    store = VectorStore(
-        path=None if settings.CHROMA_URL else settings.CHROMA_PATH, url=settings.CHROMA_URL
-    )
-    workers = [IngestWorker(settings, db, embedder, store) for _ in range(max(1, args.concurrency))]
+    workers = [
+        IngestWorker(settings, db, embedder, store, sandbox)
+        for _ in range(max(1, args.concurrency))
+    ]
     try:
         if args.once:
             while workers[0].run_once():
@@ -57,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         pool.stop(timeout=settings.INGEST_LEASE_SECONDS)
         return 0
     finally:
-        shutdown_extractors()
+        sandbox.close()
         db.dispose()
 
 

@@ -21,7 +21,7 @@ from app.ingest import queue
 from app.models import DocumentStatus
 from app.rag.chunking import Chunk, chunk_sections
 from app.rag.embeddings import Embedder
-from app.rag.loaders import ExtractionError, ExtractorUnavailable, extract_bounded
+from app.rag.extract import MSG_EMPTY, ExtractionError, ExtractorUnavailable, Sandbox
 from app.rag.vector_store import ChunkRecord, EmbeddingModelMismatch, VectorStore
 
 log = logging.getLogger("app.ingest")
@@ -38,15 +38,16 @@ class IngestWorker:
         db: Database,
         embedder: Embedder,
         store: VectorStore,
+        sandbox: Sandbox,
         name: str | None = None,
     ):
         self.settings = settings
         self.db = db
         self.embedder = embedder
         self.store = store
+        self.sandbox = sandbox
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.wakeup = threading.Event()
-        self.processed: list[uuid.UUID] = []
 
     # --- loop ---
     def run(self, stop: threading.Event) -> None:
@@ -73,7 +74,6 @@ class IngestWorker:
         )
         if claim is None:
             return False
-        self.processed.append(claim.document_id)
         self.process(claim)
         return True
 
@@ -117,14 +117,7 @@ class IngestWorker:
         path = self.settings.UPLOAD_DIR / claim.file_path
         if not Path(path).is_file():
             raise ExtractionError("The stored file is missing; upload the document again.")
-        sections = extract_bounded(
-            path,
-            claim.file_type,
-            timeout_s=self.settings.EXTRACT_TIMEOUT_SECONDS,
-            max_memory_mb=self.settings.EXTRACT_MAX_MEMORY_MB,
-            max_pages=self.settings.PDF_MAX_PAGES,
-            max_chars=self.settings.MAX_EXTRACTED_CHARS,
-        )
+        sections = self.sandbox.extract(path, claim.file_type)
         size = self.settings.CHUNK_SIZE or self.embedder.chunk_budget()
         overlap = (
             self.settings.CHUNK_OVERLAP if self.settings.CHUNK_OVERLAP is not None else size // 8
@@ -136,7 +129,7 @@ class IngestWorker:
             length_function=self.embedder.token_length,
         )
         if not chunks:
-            raise ExtractionError("The document contains no text.")
+            raise ExtractionError(MSG_EMPTY)
         pages = max((s.page for s in sections if s.page is not None), default=None)
         return chunks, pages
 

@@ -18,14 +18,12 @@ from typing import Any
 import anyio
 from anyio import to_thread
 
-from app.core.db import Database
 from app.core.errors import LLMUnavailable
 from app.core.metrics import LLM_SECONDS
 from app.query import service
 from app.query.schemas import DemoResponse, QueryResponse, Usage
-from app.query.service import Prepared
+from app.query.service import Prepared, QueryTools
 from app.rag.llm import LLMError, StreamDelta, StreamUsage
-from app.runtime import Runtime
 
 log = logging.getLogger("app.query")
 
@@ -36,9 +34,10 @@ SSE_HEADERS = {
 }
 
 
-def _temperature(runtime: Runtime, prepared: Prepared) -> float:
+def _llm_options(tools: QueryTools, prepared: Prepared) -> dict[str, Any]:
     chosen = prepared.asker.temperature
-    return runtime.settings.LLM_TEMPERATURE if chosen is None else chosen
+    temperature = tools.settings.LLM_TEMPERATURE if chosen is None else chosen
+    return {"max_tokens": tools.settings.LLM_MAX_TOKENS, "temperature": temperature}
 
 
 def response_body(
@@ -61,25 +60,24 @@ def response_body(
     return QueryResponse(**fields)
 
 
-async def _counted(runtime: Runtime, prepared: Prepared, answer: str) -> tuple[int, int]:
+async def _counted(tools: QueryTools, prepared: Prepared, answer: str) -> tuple[int, int]:
     """Tokens for answers that did not come with the provider's usage."""
     if prepared.mode == "fallback":
         return 0, 0
-    output = await to_thread.run_sync(service.count_tokens, runtime, answer)
+    output = await to_thread.run_sync(service.count_tokens, tools.embedder, answer)
     return prepared.estimated_input, output
 
 
-async def answer_json(runtime: Runtime, db: Database, prepared: Prepared) -> QueryResponse:
+async def answer_json(tools: QueryTools, prepared: Prepared) -> QueryResponse:
+    db = tools.db
     if prepared.mode != "llm":
         answer = prepared.answer
-        input_tokens, output_tokens = await _counted(runtime, prepared, answer)
+        input_tokens, output_tokens = await _counted(tools, prepared, answer)
     else:
         started = time.perf_counter()
         try:
-            completion = await runtime.llm.complete(
-                prepared.messages,
-                max_tokens=runtime.settings.LLM_MAX_TOKENS,
-                temperature=_temperature(runtime, prepared),
+            completion = await tools.llm.complete(
+                prepared.messages, **_llm_options(tools, prepared)
             )
         except (LLMError, asyncio.CancelledError) as exc:
             with anyio.CancelScope(shield=True):
@@ -91,7 +89,7 @@ async def answer_json(runtime: Runtime, db: Database, prepared: Prepared) -> Que
         LLM_SECONDS.observe(time.perf_counter() - started)
         answer = completion.text
         if completion.input_tokens is None or completion.output_tokens is None:
-            input_tokens, output_tokens = await _counted(runtime, prepared, answer)
+            input_tokens, output_tokens = await _counted(tools, prepared, answer)
         else:
             input_tokens, output_tokens = completion.input_tokens, completion.output_tokens
     with anyio.CancelScope(shield=True):
@@ -112,14 +110,11 @@ async def _pieces(prepared: Prepared) -> AsyncGenerator[StreamDelta | StreamUsag
     yield StreamUsage(None, None)
 
 
-async def answer_stream(runtime: Runtime, db: Database, prepared: Prepared) -> AsyncIterator[bytes]:
-    heartbeat = runtime.settings.SSE_HEARTBEAT_SECONDS
+async def answer_stream(tools: QueryTools, prepared: Prepared) -> AsyncIterator[bytes]:
+    db = tools.db
+    heartbeat = tools.settings.SSE_HEARTBEAT_SECONDS
     source: AsyncGenerator[StreamDelta | StreamUsage, None] = (
-        runtime.llm.stream(
-            prepared.messages,
-            max_tokens=runtime.settings.LLM_MAX_TOKENS,
-            temperature=_temperature(runtime, prepared),
-        )
+        tools.llm.stream(prepared.messages, **_llm_options(tools, prepared))
         if prepared.mode == "llm"
         else _pieces(prepared)
     )
@@ -156,7 +151,7 @@ async def answer_stream(runtime: Runtime, db: Database, prepared: Prepared) -> A
         if usage is not None and usage.input_tokens is not None and usage.output_tokens is not None:
             input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
         else:
-            input_tokens, output_tokens = await _counted(runtime, prepared, answer)
+            input_tokens, output_tokens = await _counted(tools, prepared, answer)
         with anyio.CancelScope(shield=True):
             await to_thread.run_sync(
                 service.finish, db, prepared, answer, input_tokens, output_tokens
@@ -192,19 +187,18 @@ async def answer_stream(runtime: Runtime, db: Database, prepared: Prepared) -> A
         if not settled:
             # The visitor went away (or something unexpected happened) mid-answer.
             with anyio.CancelScope(shield=True):
-                await _settle_partial(runtime, db, prepared, parts)
+                await _settle_partial(tools, prepared, parts)
 
 
-async def _settle_partial(
-    runtime: Runtime, db: Database, prepared: Prepared, parts: list[str]
-) -> None:
+async def _settle_partial(tools: QueryTools, prepared: Prepared, parts: list[str]) -> None:
+    db = tools.db
     """What was generated before the stream ended early is charged (the provider billed it)
     and kept as an interrupted answer; with nothing generated, nothing is charged."""
     if not parts or prepared.mode != "llm":
         await to_thread.run_sync(service.abandon, db, prepared)
         return
     answer = "".join(parts)
-    input_tokens, output_tokens = await _counted(runtime, prepared, answer)
+    input_tokens, output_tokens = await _counted(tools, prepared, answer)
     await to_thread.run_sync(
         lambda: service.finish(db, prepared, answer, input_tokens, output_tokens, interrupted=True)
     )

@@ -9,11 +9,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.auth.dependencies import QueryUser
 from app.chatbots.dependencies import OwnedChatbot
-from app.core.db import SessionDep, get_database
-from app.core.deps import ClientIP, LimiterDep, SettingsDep
+from app.core.db import DatabaseDep, SessionDep
+from app.core.deps import ClientIP, SettingsDep
 from app.core.schemas import Page, Pagination, errors
 from app.query import service
 from app.query.answering import SSE_HEADERS, answer_json, answer_stream
+from app.query.dependencies import Tools
 from app.query.public import (
     QUERY_METHODS,
     READ_METHODS,
@@ -29,7 +30,7 @@ from app.query.schemas import (
     QueryResponse,
 )
 from app.query.service import Asker
-from app.runtime import Runtime, RuntimeDep
+from app.runtime import LimiterDep
 
 router = APIRouter(tags=["query"])
 
@@ -46,31 +47,48 @@ _STREAM_DOC = {
 PUBLIC_ERRORS = errors(401, 403, 404, 409, 402, 422, 429, 503)
 
 
-async def _answer(runtime: Runtime, asker: Asker, body: QueryRequest, request: Request) -> Response:
-    db = get_database()
+async def _answer(tools: Tools, asker: Asker, body: QueryRequest, request: Request) -> Response:
     session_id = body.session_id or uuid.uuid4().hex
-    prepared = await to_thread.run_sync(
-        service.prepare, runtime, db, asker, body.question, session_id
-    )
+    prepared = await to_thread.run_sync(service.prepare, tools, asker, body.question, session_id)
     if body.stream or "text/event-stream" in request.headers.get("accept", ""):
         return StreamingResponse(
-            answer_stream(runtime, db, prepared),
-            media_type="text/event-stream",
-            headers=SSE_HEADERS,
+            answer_stream(tools, prepared), media_type="text/event-stream", headers=SSE_HEADERS
         )
-    result = await answer_json(runtime, db, prepared)
+    result = await answer_json(tools, prepared)
     return JSONResponse(result.model_dump(mode="json"))
+
+
+async def _admit_user(
+    tools: Tools,
+    user: QueryUser,
+    chatbot_id: uuid.UUID,
+    *,
+    path_customer_id: uuid.UUID | None = None,
+    demo: bool = False,
+) -> Asker:
+    """The two JWT routes' admission: the chatbot must be the token's customer's."""
+    return await to_thread.run_sync(
+        lambda: service.admit_user(
+            tools.db,
+            user.id,
+            user.customer_id,
+            chatbot_id,
+            path_customer_id=path_customer_id,
+            demo=demo,
+        )
+    )
 
 
 @router.options("/api/public/{chatbot_id}", include_in_schema=False)
 async def public_chatbot_preflight(
     chatbot_id: uuid.UUID,
+    db: DatabaseDep,
     origin: Annotated[str | None, Header()] = None,
     access_control_request_headers: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Any origin may send the read: the GET itself checks the origin and says why it refused,
     so a widget pasted on the wrong site can show "not allowed" instead of a network error."""
-    asker = await to_thread.run_sync(service.load_public_chatbot, get_database(), chatbot_id)
+    asker = await to_thread.run_sync(service.load_public_chatbot, db, chatbot_id)
     return preflight(asker, origin, access_control_request_headers, READ_METHODS, any_origin=True)
 
 
@@ -82,6 +100,7 @@ async def public_chatbot_preflight(
 )
 async def public_chatbot(
     chatbot_id: uuid.UUID,
+    db: DatabaseDep,
     settings: SettingsDep,
     limiter: LimiterDep,
     ip: ClientIP,
@@ -91,9 +110,7 @@ async def public_chatbot(
     # Every answer is readable by the asking origin: the refusal (403) is the information a
     # widget on the wrong site needs; the profile itself is only given to allowed origins.
     with public_errors(origin, READ_METHODS):
-        asker, profile = await to_thread.run_sync(
-            service.load_public_profile, get_database(), chatbot_id
-        )
+        asker, profile = await to_thread.run_sync(service.load_public_profile, db, chatbot_id)
         await to_thread.run_sync(
             lambda: service.check_public(
                 asker, limiter, settings, x_api_key, origin, ip, reading=True
@@ -106,11 +123,12 @@ async def public_chatbot(
 @router.options("/api/public/{chatbot_id}/query", include_in_schema=False)
 async def public_query_preflight(
     chatbot_id: uuid.UUID,
+    db: DatabaseDep,
     origin: Annotated[str | None, Header()] = None,
     access_control_request_headers: Annotated[str | None, Header()] = None,
 ) -> Response:
     """CORS preflight: allowed origins get CORS headers; others a 403 without them."""
-    asker = await to_thread.run_sync(service.load_public_chatbot, get_database(), chatbot_id)
+    asker = await to_thread.run_sync(service.load_public_chatbot, db, chatbot_id)
     return preflight(asker, origin, access_control_request_headers, QUERY_METHODS)
 
 
@@ -124,23 +142,22 @@ async def public_query(
     chatbot_id: uuid.UUID,
     body: QueryRequest,
     request: Request,
-    runtime: RuntimeDep,
-    settings: SettingsDep,
+    tools: Tools,
     limiter: LimiterDep,
     ip: ClientIP,
     x_api_key: Annotated[str | None, Header()] = None,
     origin: Annotated[str | None, Header()] = None,
 ) -> Response:
-    asker = await to_thread.run_sync(service.load_public_chatbot, get_database(), chatbot_id)
+    asker = await to_thread.run_sync(service.load_public_chatbot, tools.db, chatbot_id)
     # Known from here on: an allowed website can read every later error (401, 429...).
     allowed_origin = (
         origin if origin and service.origin_allowed(asker.allowed_origins, origin) else None
     )
     with public_errors(allowed_origin, QUERY_METHODS):
         await to_thread.run_sync(
-            service.check_public, asker, limiter, settings, x_api_key, origin, ip
+            service.check_public, asker, limiter, tools.settings, x_api_key, origin, ip
         )
-        response = await _answer(runtime, asker, body, request)
+        response = await _answer(tools, asker, body, request)
     if allowed_origin:
         response.headers.update(cors_headers(allowed_origin, QUERY_METHODS))
     return response
@@ -158,18 +175,10 @@ async def customer_query(
     body: QueryRequest,
     request: Request,
     user: QueryUser,
-    runtime: RuntimeDep,
+    tools: Tools,
 ) -> Response:
-    asker = await to_thread.run_sync(
-        lambda: service.admit_user(
-            get_database(),
-            user.id,
-            user.customer_id,
-            chatbot_id,
-            path_customer_id=customer_id,
-        )
-    )
-    return await _answer(runtime, asker, body, request)
+    asker = await _admit_user(tools, user, chatbot_id, path_customer_id=customer_id)
+    return await _answer(tools, asker, body, request)
 
 
 @router.post(
@@ -183,12 +192,10 @@ async def demo_query(
     body: QueryRequest,
     request: Request,
     user: QueryUser,
-    runtime: RuntimeDep,
+    tools: Tools,
 ) -> Response:
-    asker = await to_thread.run_sync(
-        lambda: service.admit_user(get_database(), user.id, user.customer_id, chatbot_id, demo=True)
-    )
-    return await _answer(runtime, asker, body, request)
+    asker = await _admit_user(tools, user, chatbot_id, demo=True)
+    return await _answer(tools, asker, body, request)
 
 
 @router.get(

@@ -3,6 +3,20 @@
 admit (who asks, may they) -> prepare (retrieve, build the prompt, reserve tokens or a demo
 slot) -> the LLM (async, elsewhere) -> finish (settle tokens and write history in one
 transaction) or abandon (give the reservation back).
+
+Transactions. Unlike the other domains, the query path has no request-scoped session: an
+answer streams for seconds, and a pooled connection held while waiting for the LLM would let a
+few slow answers starve the pool. Each step opens its own short transaction through
+`QueryTools.db` instead, and owns it:
+- admission reads the chatbot (and commits nothing);
+- `prepare` takes the reservation (the chatbot's month, then the balance, or a demo slot) in
+  one transaction, after retrieval, so a refused question holds no lock while embedding;
+- `finish` settles the real count and writes the history row in one transaction, so
+  `tokens_used` always equals the history's sum; `abandon` gives the reservation back.
+Exactly one of `finish`/`abandon` runs for every prepared question (see answering.py).
+
+Everything a step uses comes in `QueryTools` (built from the process's clients by
+`app/query/dependencies.py`), so tests and the CLI can call these functions without the app.
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ from app.billing.service import (
     reserve_tokens,
     settle_tokens,
 )
+from app.chatbots.service import get_owned_chatbot
 from app.core.config import Settings
 from app.core.db import Database, paginate
 from app.core.errors import (
@@ -42,12 +57,13 @@ from app.core.metrics import ANSWERS, TOKENS
 from app.core.ratelimit import RateLimiter
 from app.core.schemas import PageParams
 from app.core.security import api_keys_match
-from app.models import Chatbot, ChatHistory, User
+from app.models import Chatbot, ChatHistory
 from app.models.base import utcnow
 from app.query.schemas import QUESTION_MAX_LENGTH, PublicChatbot
+from app.rag.embeddings import Embedder
+from app.rag.llm import LLMClient
 from app.rag.prompting import Turn, build_messages, extractive_answer
-from app.rag.vector_store import EmbeddingModelMismatch, Hit
-from app.runtime import Runtime
+from app.rag.vector_store import EmbeddingModelMismatch, Hit, VectorStore
 
 
 class ReindexNeeded(Conflict):
@@ -55,6 +71,17 @@ class ReindexNeeded(Conflict):
     public_detail = (
         "This chatbot cannot answer until its owner reindexes its documents; try again later."
     )
+
+
+@dataclass(frozen=True)
+class QueryTools:
+    """What answering a question uses: short transactions, the model, the store, the LLM."""
+
+    settings: Settings
+    db: Database
+    embedder: Embedder
+    store: VectorStore
+    llm: LLMClient
 
 
 @dataclass(frozen=True)
@@ -186,40 +213,27 @@ def admit_user(
     if path_customer_id is not None and path_customer_id != token_customer_id:
         raise Forbidden("This customer_id is not the one your token belongs to.")
     with db.session() as session:
-        chatbot = session.scalar(
-            select(Chatbot).where(
-                Chatbot.id == chatbot_id, Chatbot.customer_id == token_customer_id
-            )
-        )
-        if chatbot is None:
-            raise NotFound("Chatbot not found.")
+        chatbot = get_owned_chatbot(session, token_customer_id, chatbot_id)
         return _asker(chatbot, user_id=user_id, demo=demo)
-
-
-def load_user(db: Database, user_id: uuid.UUID) -> User | None:
-    with db.session() as session:
-        return session.get(User, user_id)
 
 
 # --- preparation ---
 
 
-def prepare(
-    runtime: Runtime, db: Database, asker: Asker, question: str, session_id: str
-) -> Prepared:
+def prepare(tools: QueryTools, asker: Asker, question: str, session_id: str) -> Prepared:
     started = time.perf_counter()
-    settings = runtime.settings
-    hits = retrieve(runtime, asker, question)
+    settings, db = tools.settings, tools.db
+    hits = retrieve(tools, asker, question)
     with db.session() as session:
         history = _recent_turns(session, asker.chatbot_id, session_id, settings.HISTORY_TURNS)
     if not hits:
         mode, messages, answer = "fallback", [], settings.FALLBACK_MESSAGE
-    elif runtime.llm.configured:
+    elif tools.llm.configured:
         mode, answer = "llm", ""
         messages = build_messages(asker.system_prompt, hits, history, question)
     else:
         mode, messages, answer = "extractive", [], extractive_answer(hits)
-    estimated_input, reserve = _cost(runtime, mode, messages, question, answer)
+    estimated_input, reserve = _cost(tools, mode, messages, question, answer)
     prepared = Prepared(
         asker=asker,
         question=question,
@@ -234,7 +248,7 @@ def prepare(
     )
     with db.session() as session:
         if asker.demo:
-            prepared.demo_remaining = _take_demo_slot(session, asker.chatbot_id, settings)
+            prepared.demo_remaining = take_demo_slot(session, asker.chatbot_id, settings)
         elif reserve > 0:
             # One transaction: the chatbot's month and the balance are both taken or neither.
             month = month_of(utcnow())
@@ -253,18 +267,18 @@ def prepare(
     return prepared
 
 
-def retrieve(runtime: Runtime, asker: Asker, question: str) -> list[Hit]:
-    embedder = runtime.embedder
+def retrieve(tools: QueryTools, asker: Asker, question: str) -> list[Hit]:
+    embedder = tools.embedder
     vector = embedder.embed_query(question)
     try:
-        hits = runtime.store.query(asker.chatbot_id, embedder.model_name, vector, asker.top_k)
+        hits = tools.store.query(asker.chatbot_id, embedder.model_name, vector, asker.top_k)
     except EmbeddingModelMismatch as exc:
         raise ReindexNeeded(
             f"This chatbot's documents were embedded with {exc.stored_model}, but the server "
             f"now uses {exc.current_model}; reindex it: POST /api/chatbots/{asker.chatbot_id}"
             "/reindex."
         ) from exc
-    return [h for h in hits if h.score >= runtime.settings.MIN_SCORE]
+    return [h for h in hits if h.score >= tools.settings.MIN_SCORE]
 
 
 def _recent_turns(session: Session, chatbot_id: uuid.UUID, session_id: str, n: int) -> list[Turn]:
@@ -279,27 +293,27 @@ def _recent_turns(session: Session, chatbot_id: uuid.UUID, session_id: str, n: i
     return [Turn(q, a) for q, a in reversed(rows)]
 
 
-def count_tokens(runtime: Runtime, text: str) -> int:
+def count_tokens(embedder: Embedder, text: str) -> int:
     """Our count where the provider gives none: the embedding model's tokenizer, which is
     close to the LLM's for Latin and CJK text."""
-    return runtime.embedder.token_length(text) if text else 0
+    return embedder.token_length(text) if text else 0
 
 
 def _cost(
-    runtime: Runtime, mode: str, messages: list[dict[str, str]], question: str, answer: str
+    tools: QueryTools, mode: str, messages: list[dict[str, str]], question: str, answer: str
 ) -> tuple[int, int]:
     """(estimated input tokens, the reservation: an upper bound for the whole request)."""
     if mode == "fallback":
         return 0, 0
     if mode == "extractive":
-        estimated = count_tokens(runtime, question)
-        return estimated, estimated + count_tokens(runtime, answer)
-    estimated = sum(count_tokens(runtime, m["content"]) + 4 for m in messages)
+        estimated = count_tokens(tools.embedder, question)
+        return estimated, estimated + count_tokens(tools.embedder, answer)
+    estimated = sum(count_tokens(tools.embedder, m["content"]) + 4 for m in messages)
     # A margin for the provider's tokenizer counting differently from ours.
-    return estimated, math.ceil(estimated * 1.15) + 16 + runtime.settings.LLM_MAX_TOKENS
+    return estimated, math.ceil(estimated * 1.15) + 16 + tools.settings.LLM_MAX_TOKENS
 
 
-def _take_demo_slot(session: Session, chatbot_id: uuid.UUID, settings: Settings) -> int:
+def take_demo_slot(session: Session, chatbot_id: uuid.UUID, settings: Settings) -> int:
     count = session.scalar(
         update(Chatbot)
         .where(Chatbot.id == chatbot_id, Chatbot.demo_message_count < settings.DEMO_MESSAGE_LIMIT)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from app.rag.loaders import Section
+from app.rag.extract import Section
 
 # Coarsest first: paragraphs, lines, then sentence ends in Latin and CJK punctuation (CJK text
 # has no spaces, so without "。" a Chinese page would only split at arbitrary characters),

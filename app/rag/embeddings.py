@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("app.rag.embeddings")
 
 PACKAGED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+TOKEN_CACHE_ENTRIES = 16_384
+TOKEN_CACHE_MAX_CHARS = 2_048
 _MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", PACKAGED_MINILM.lower()}
 
 
@@ -143,21 +145,32 @@ class Embedder:
     def _make_token_length(self) -> Callable[[str], int]:
         tokenizer = self.model.tokenizer
         backend = getattr(tokenizer, "backend_tokenizer", None)
+        count: Callable[[str], int]
         if backend is None:  # a slow (Python) tokenizer: no private copy to make
 
-            def slow(text: str) -> int:
+            def count(text: str) -> int:
                 ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)
                 return len(ids["input_ids"])
 
-            return functools.lru_cache(maxsize=65536)(slow)
-        from tokenizers import Tokenizer
+        else:
+            from tokenizers import Tokenizer
 
-        copy = Tokenizer.from_str(backend.to_str())
-        copy.no_truncation()
-        copy.no_padding()
-        return functools.lru_cache(maxsize=65536)(
-            lambda text: len(copy.encode(text, add_special_tokens=False).ids)
-        )
+            copy = Tokenizer.from_str(backend.to_str())
+            copy.no_truncation()
+            copy.no_padding()
+
+            def count(text: str) -> int:
+                return len(copy.encode(text, add_special_tokens=False).ids)
+
+        # The splitter asks again and again about the same short pieces; prompts and whole
+        # sections are long and asked once. Only short texts are memoised, so the cache is
+        # bounded in bytes too (at most TOKEN_CACHE_ENTRIES x TOKEN_CACHE_MAX_CHARS).
+        cached = functools.lru_cache(maxsize=TOKEN_CACHE_ENTRIES)(count)
+
+        def token_length(text: str) -> int:
+            return cached(text) if len(text) <= TOKEN_CACHE_MAX_CHARS else count(text)
+
+        return token_length
 
     def chunk_budget(self) -> int:
         """Default chunk size: the model's window less the special tokens and the e5 prefix."""

@@ -134,13 +134,7 @@ class LLMClient:
             # httpx timeouts bound each read, not the whole request: a server trickling
             # bytes could otherwise hold a visitor far beyond LLM_TIMEOUT_SECONDS.
             async with asyncio.timeout(self._timeout_seconds):
-                response = await sdk.chat.completions.create(
-                    model=self.model,
-                    messages=_as_chat_messages(messages),
-                    max_tokens=max_tokens,
-                    temperature=temperature,
-                    stream=False,
-                )
+                response = await self._create(sdk, messages, max_tokens, temperature, False)
             # The SDK hands back whatever a 200 carried (e.g. an HTML page from a proxy).
             if not isinstance(response, CompletionCreateResponse) or not response.choices:
                 raise _UpstreamReportedError("upstream returned an unexpected response")
@@ -175,16 +169,7 @@ class LLMClient:
             saw_chunk = False
             usage: UsageInfo | None = None
             try:
-                upstream = await sdk.chat.completions.create(
-                    model=self.model,
-                    messages=_as_chat_messages(messages),
-                    max_tokens=max_tokens,
-                    temperature=temperature,
-                    stream=True,
-                    # Not in the SDK's typed params; some Fireworks models only report
-                    # streaming usage when asked (others always put it on the last chunk).
-                    extra_body={"stream_options": {"include_usage": True}},
-                )
+                upstream = await self._create(sdk, messages, max_tokens, temperature, True)
                 try:
                     async for chunk in upstream:
                         _raise_if_error_event(chunk)
@@ -217,6 +202,26 @@ class LLMClient:
             return
 
     # --- internals ---
+
+    async def _create(
+        self,
+        sdk: AsyncFireworks,
+        messages: list[dict[str, str]],
+        max_tokens: int,
+        temperature: float,
+        stream: bool,
+    ) -> Any:
+        """The one request both calls send: a completion, or an answer stream."""
+        return await sdk.chat.completions.create(
+            model=self.model,
+            messages=_as_chat_messages(messages),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stream=stream,
+            # Not in the SDK's typed params; some Fireworks models only report streaming
+            # usage when asked (others always put it on the last chunk).
+            extra_body={"stream_options": {"include_usage": True}} if stream else None,
+        )
 
     def _require_sdk(self) -> AsyncFireworks:
         if self._closed:

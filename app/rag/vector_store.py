@@ -59,7 +59,6 @@ class VectorStore:
     def __init__(self, path: Path | None = None, url: str | None = None):
         self._path, self._url = path, url
         self._client: ClientAPI | None = None
-        self.location = url or str(path)
         # Creating a collection is not atomic across threads in the embedded client.
         self._create_lock = threading.Lock()
         self._client_lock = threading.Lock()

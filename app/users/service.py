@@ -5,14 +5,12 @@ from __future__ import annotations
 import uuid
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.auth.service import UsernameTaken
+from app.auth.service import add_user
 from app.core.db import paginate
 from app.core.errors import Conflict, NotFound
 from app.core.schemas import PageParams
-from app.core.security import hash_password
 from app.models import Role, User
 from app.users.schemas import UserCreate
 
@@ -25,20 +23,7 @@ def list_users(
 
 
 def create_user(session: Session, customer_id: uuid.UUID, data: UserCreate) -> User:
-    if session.scalar(select(User.id).where(User.username == data.username)) is not None:
-        raise UsernameTaken()
-    user = User(
-        username=data.username,
-        password_hash=hash_password(data.password),
-        customer_id=customer_id,
-        role=data.role,
-    )
-    session.add(user)
-    try:
-        session.flush()
-    except IntegrityError as exc:
-        raise UsernameTaken() from exc
-    return user
+    return add_user(session, customer_id, data.username, data.password, data.role)
 
 
 def get_owned_user(session: Session, customer_id: uuid.UUID, user_id: uuid.UUID) -> User:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from app.core.db import get_database
+from app.ingest.worker import IngestWorker
 from app.models import Document, DocumentStatus
 from tests import docgen
 from tests.factories import create_chatbot, register, upload, wait_for_document
@@ -264,7 +267,30 @@ def test_delete_document_removes_file_and_vectors(client, runtime, settings, tmp
     assert missing.status_code == 404
 
 
-def test_delete_while_processing_leaves_no_vectors(client, runtime, tmp_path, db_session):
+class GatedStore:
+    """The real store; the worker's second write waits until the test lets it go."""
+
+    def __init__(self, store) -> None:  # type: ignore[no-untyped-def]
+        self.store = store
+        self.writes = 0
+        self.second_write_due = threading.Event()
+        self.go = threading.Event()
+        self.count_after_writes: list[int] = []
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.store, name)
+
+    def add(self, chatbot_id, *args):  # type: ignore[no-untyped-def]
+        self.writes += 1
+        if self.writes == 2:
+            self.second_write_due.set()
+            assert self.go.wait(120)
+        self.store.add(chatbot_id, *args)
+        self.count_after_writes.append(self.store.count(chatbot_id))
+
+
+def test_delete_while_processing_leaves_no_vectors(client, paused_workers, tmp_path, db_session):
+    runtime = paused_workers
     tenant = register(client)
     bot = create_chatbot(client, tenant)
     text = "\n\n".join(
@@ -272,28 +298,26 @@ def test_delete_while_processing_leaves_no_vectors(client, runtime, tmp_path, db
         for i in range(400)
     )
     doc = upload(client, tenant, bot["id"], docgen.make_txt(tmp_path / "long.txt", text))
-    import time
-
-    deadline = time.monotonic() + 120
-    while True:
-        state = client.get(
-            f"/api/chatbots/{bot['id']}/documents/{doc['id']}", headers=tenant.headers
-        ).json()
-        if state["status"] == "processing" or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert state["status"] == "processing", state
+    chatbot_id = uuid.UUID(bot["id"])
+    gated = GatedStore(runtime.store)
+    worker = IngestWorker(
+        runtime.settings, get_database(), runtime.embedder, gated, runtime.sandbox, "gated"
+    )
+    thread = threading.Thread(target=worker.run_once)
+    thread.start()
+    # The worker has written its first batch and is about to write the second.
+    assert gated.second_write_due.wait(120)
+    assert runtime.store.count(chatbot_id) > 0
     response = client.delete(
         f"/api/chatbots/{bot['id']}/documents/{doc['id']}", headers=tenant.headers
     )
     assert response.status_code == 204
-    # The worker notices at its next progress update and drops what it wrote.
-    deadline = time.monotonic() + 120
-    chatbot_id = uuid.UUID(bot["id"])
-    while runtime.store.count(chatbot_id) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
-    assert runtime.store.count(chatbot_id) == 0
+    assert runtime.store.count(chatbot_id) == 0  # the request removed what was there
+    gated.go.set()  # the worker writes its second batch now, after the delete
+    thread.join(120)
+    assert not thread.is_alive()
+    assert gated.count_after_writes[-1] > 0  # so the late write landed...
+    assert runtime.store.count(chatbot_id) == 0  # ...and the worker's cleanup removed it
     assert db_session.get(Document, uuid.UUID(doc["id"])) is None
 
 

@@ -253,11 +253,23 @@ def test_client_disconnect_stops_generation(bot, fake_llm, live_url, db_session)
 
 def test_heartbeat_while_the_llm_is_slow(bot, fake_llm, live_url, runtime, monkeypatch):
     _, chatbot, _ = bot
-    monkeypatch.setattr(runtime.settings, "SSE_HEARTBEAT_SECONDS", 0.2)
-    fake_llm.delay_seconds = 1.0
-    response = _public(live_url, chatbot, {"question": "Slow one?", "stream": True})
-    assert ": keep-alive" in response.text
-    assert _events(response)[-1][0] == "done"
+    monkeypatch.setattr(runtime.settings, "SSE_HEARTBEAT_SECONDS", 0.05)
+    release = fake_llm.hold_stream_after(0)  # the LLM holds its first token until we see one
+    lines: list[str] = []
+    with httpx.stream(
+        "POST",
+        f"{live_url}/api/public/{chatbot['id']}/query",
+        json={"question": "Slow one?", "stream": True},
+        headers={"X-API-Key": chatbot["api_key"]},
+        timeout=90,
+    ) as response:
+        for line in response.iter_lines():
+            lines.append(line)
+            if line == ": keep-alive":
+                release.set()
+    assert ": keep-alive" in lines
+    assert lines.index(": keep-alive") < lines.index("event: token")
+    assert [line for line in lines if line.startswith("event: ")][-1] == "event: done"
 
 
 def test_wrong_or_rotated_key_is_401(bot, live_url, client):
@@ -477,18 +489,47 @@ def test_fallback_without_documents_skips_the_llm(client, fake_llm, live_url, db
     assert fake_llm.requests == []
 
 
-def test_public_rate_limit_and_burst(client, live_url, settings):
+class FrozenClock:
+    """Stands in for the `time` module of the rate limiter's storage: the test moves time."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def limiter_clock(monkeypatch):  # type: ignore[no-untyped-def]
+    import limits.storage.memory
+    import limits.strategies
+
+    import app.core.ratelimit
+
+    clock = FrozenClock()
+    for module in (limits.storage.memory, limits.strategies, app.core.ratelimit):
+        monkeypatch.setattr(module, "time", clock)
+    return clock
+
+
+def test_public_rate_limit_and_burst(client, live_url, settings, limiter_clock):
     tenant = register(client)
     chatbot = create_chatbot(client, tenant)
     with ThreadPoolExecutor(20) as pool:
         burst = list(pool.map(lambda i: _public(live_url, chatbot, {"question": "Hi?"}), range(20)))
-    assert [r.status_code for r in burst] == [200] * 20
+    assert [r.status_code for r in burst] == [200] * 20  # a burst of 20 is normal use
     allowed = int(settings.RATE_LIMIT_PUBLIC_PER_CLIENT.split("/")[0])
+    assert settings.RATE_LIMIT_PUBLIC_PER_CLIENT.endswith("/minute")
     codes = [_public(live_url, chatbot, {"question": "Hi?"}).status_code for _ in range(allowed)]
-    assert codes.count(429) == 20
+    # The clock stands still: exactly `allowed` answers in the window, then 429s.
+    assert codes == [200] * (allowed - 20) + [429] * 20
     limited = _public(live_url, chatbot, {"question": "Hi?"})
     assert limited.status_code == 429 and limited.json()["code"] == "rate_limited"
-    assert int(limited.headers["retry-after"]) >= 1
+    assert int(limited.headers["retry-after"]) == 60
+    limiter_clock.now += 30
+    assert int(_public(live_url, chatbot, {"question": "Hi?"}).headers["retry-after"]) == 30
+    limiter_clock.now += 31  # the window has moved past the first requests
+    assert _public(live_url, chatbot, {"question": "Hi?"}).status_code == 200
 
 
 @pytest.mark.parametrize(

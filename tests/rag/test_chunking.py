@@ -3,7 +3,7 @@
 import pytest
 
 from app.rag.chunking import Chunk, chunk_sections
-from app.rag.loaders import Section
+from app.rag.extract import Section
 
 PROSE = " ".join(
     f"Sentence number {n} talks about the harbour, the boats and the weather." for n in range(40)

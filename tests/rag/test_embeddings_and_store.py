@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
@@ -33,10 +32,8 @@ def test_embeddings_are_normalised_and_e5_prefixes_apply(runtime, monkeypatch):
 
 def test_unloadable_model_fails_clearly_and_fast():
     embedder = Embedder("no-such-org/no-such-model")
-    started = time.monotonic()
     with pytest.raises(EmbeddingModelError, match="minilm"):
         embedder.load()
-    assert time.monotonic() - started < 30
     assert embedder.status().startswith("error: cannot load embedding model")
 
 
@@ -58,7 +55,7 @@ def test_collection_refuses_another_model(tmp_path):
 
 def test_store_connects_lazily_so_a_down_server_is_reported_not_fatal():
     store = VectorStore(url="http://127.0.0.1:9")  # nothing listens on the discard port
-    with pytest.raises(Exception):  # noqa: B017 - whatever the client raises
+    with pytest.raises(ValueError, match="Could not connect to a Chroma server"):
         store.heartbeat()
 
 

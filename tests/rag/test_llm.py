@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -198,15 +197,13 @@ def test_400_is_not_retried(server: FakeLLMServer) -> None:
 
 
 def test_timeout_raises_llm_error(server: FakeLLMServer) -> None:
-    server.delay_seconds = 1.5
-    started = time.monotonic()
+    server.delay_seconds = 30  # never answers in time; the wall time is in bench/failfast.py
 
     with pytest.raises(LLMError, match="timed out"):
         run_with_client(make_settings(server, LLM_MAX_RETRIES=1), complete)
 
+    # Each attempt gave up at its own timeout (the server never answered either).
     assert len(server.requests) == 2
-    # 2 x 0.5 s timeout + 0.2 s backoff, far below the server's delay.
-    assert time.monotonic() - started < 2.5
 
 
 def test_stream_retries_before_first_delta(server: FakeLLMServer) -> None:

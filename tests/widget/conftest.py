@@ -113,6 +113,10 @@ def browser() -> Iterator[Any]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         missing("the playwright package is not installed")
+    from playwright.sync_api import expect
+
+    # Waits for a state (not a time bound): generous, for a loaded machine under coverage.
+    expect.set_options(timeout=20_000)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS

@@ -434,7 +434,7 @@ def test_visitor_errors_are_explained_and_nothing_is_lost(
     assert any(ch.isdigit() for ch in limited.locator(".note").inner_text())
     expect(page.locator(INPUT)).to_be_enabled()
     monkeypatch.setattr(settings, "RATE_LIMIT_PUBLIC_PER_CLIENT", "60/minute")
-    app.state.limiter.reset()
+    app.state.runtime.limiter.reset()
 
     # 402 (the tenant's balance is gone): a visitor-safe "unavailable", no balance shown.
     customer_id = uuid.UUID(tenant.customer_id)
