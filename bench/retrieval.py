@@ -53,7 +53,14 @@ for _key, _value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")):
 
 import httpx  # noqa: E402
 
-from bench._server import BenchServer, ServerError, install_sigterm_handler  # noqa: E402
+from bench._server import (  # noqa: E402
+    BenchServer,
+    ServerError,
+    add_run_options,
+    install_sigterm_handler,
+    server_env,
+    write_figures,
+)
 
 DEFAULT_EVAL = (REPO.parent / "shared" / "eval").resolve()
 TARGET_RATIO = 0.97
@@ -583,18 +590,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--limit", type=int, help="ask only the first N questions")
     parser.add_argument("--target", type=float, default=TARGET_RATIO, help="ratio to pass")
-    parser.add_argument("--json", type=Path, help="write the figures to this file")
-    parser.add_argument("--keep", action="store_true", help="keep the server's temp folder")
     parser.add_argument(
         "--show-lost", type=int, default=10, help="lost questions to print (default 10)"
     )
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra server setting (repeatable), e.g. --env CHUNK_SIZE=128",
-    )
+    add_run_options(parser, "CHUNK_SIZE=128")
     args = parser.parse_args(argv)
     install_sigterm_handler()
 
@@ -602,10 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     k_max = max(ks)
     if not 1 <= k_max <= 20:
         parser.error("k must be between 1 and 20 (the chatbot's top_k)")
-    extra_env = dict(SERVER_ENV)
-    for item in args.env:
-        key, _, value = item.partition("=")
-        extra_env[key] = value
+    extra_env = server_env(parser, args.env, SERVER_ENV)
 
     try:
         data = load_eval(args.eval, args.lang)
@@ -805,10 +801,8 @@ def report(
             for qid in pipeline_ranks
         },
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n")
-        print(f"\nwrote {args.json}")
+    print()
+    write_figures(args.json, figures)
 
 
 if __name__ == "__main__":
