@@ -35,7 +35,8 @@ from app.users.service import create_user
 F = TypeVar("F", bound=Callable[..., Any])
 
 cli = typer.Typer(
-    help="Operate the chatbot platform: customers, tokens, invoices, users, chatbots, queue.",
+    help="Operate the chatbot platform: customers, tokens, invoices, users, chatbots, queue, "
+    "reservations.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -46,12 +47,14 @@ invoices_cli = typer.Typer(help="Invoices.", no_args_is_help=True)
 users = typer.Typer(help="Users of a customer.", no_args_is_help=True)
 chatbots = typer.Typer(help="Chatbots.", no_args_is_help=True)
 queue_cli = typer.Typer(help="The ingestion queue.", no_args_is_help=True)
+reservations = typer.Typer(help="Token reservations of answers in progress.", no_args_is_help=True)
 cli.add_typer(customers, name="customers")
 cli.add_typer(tokens, name="tokens")
 cli.add_typer(invoices_cli, name="invoices")
 cli.add_typer(users, name="users")
 cli.add_typer(chatbots, name="chatbots")
 cli.add_typer(queue_cli, name="queue")
+cli.add_typer(reservations, name="reservations")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 
@@ -315,14 +318,19 @@ def chatbots_reindex(
 @queue_cli.command("status")
 @command
 def queue_status(as_json: JsonFlag = False) -> None:
-    """Documents by status, the oldest queued one's age, and failures with their reasons."""
+    """Documents by status, the oldest queued one's age, failures with their reasons, and
+    vector deletions still waiting for the vector store."""
+    from app.ingest.deletions import pending_count  # imports Chroma's client: only here
+
     with transaction() as session:
         status = queue.queue_status(session)
+        waiting = pending_count(session)
     age = status.oldest_queued_seconds
     lines = [", ".join(f"{k}: {v}" for k, v in status.counts.items())]
     lines.append(f"oldest queued: {'-' if age is None else f'{age:.0f} s ago'}")
+    lines.append(f"vector deletions waiting: {waiting}")
     lines += [f"failed {f.id} {f.filename}: {f.error}" for f in status.failed]
-    emit(as_json, status, lines)
+    emit(as_json, {**_plain(status), "pending_deletions": waiting}, lines)
 
 
 @queue_cli.command("retry")
@@ -348,6 +356,35 @@ def queue_retry(
     if ids is not None and count < len(ids):
         typer.echo(f"note: {len(ids) - count} of the ids were not failed documents", err=True)
     emit(as_json, {"queued": count}, [f"{count} document(s) queued again"])
+
+
+# --- reservations ---
+
+
+@reservations.command("sweep")
+@command
+def reservations_sweep(
+    older_than: Annotated[
+        int | None,
+        typer.Option(help="Seconds (at least 60); default RESERVATION_TTL_SECONDS.", min=60),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Give back token reservations whose request died with its process (the API processes
+    also do this every minute, for reservations older than RESERVATION_TTL_SECONDS)."""
+    ttl = get_settings().RESERVATION_TTL_SECONDS if older_than is None else older_than
+    given = service.Sweep(0, 0)
+    while True:
+        with transaction() as session:
+            batch = service.sweep_reservations(session, ttl)
+        given = service.Sweep(given.reservations + batch.reservations, given.tokens + batch.tokens)
+        if batch.reservations == 0:
+            break
+    emit(
+        as_json,
+        given,
+        [f"gave back {given.reservations} reservation(s), {given.tokens:,} tokens"],
+    )
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Request
 
+from app.billing.service import sweep_reservations
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.ratelimit import RateLimiter
@@ -21,6 +22,9 @@ from app.rag.vector_store import VectorStore
 
 log = logging.getLogger("app.runtime")
 
+# How often each API process gives back reservations older than RESERVATION_TTL_SECONDS.
+RESERVATION_SWEEP_SECONDS = 60.0
+
 
 @dataclass
 class Runtime:
@@ -31,6 +35,7 @@ class Runtime:
     limiter: RateLimiter
     sandbox: Sandbox
     workers: WorkerPool = field(default_factory=lambda: WorkerPool([]))
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -49,6 +54,25 @@ class Runtime:
         embedded ingest workers."""
         threading.Thread(target=self._load_model, name="embedder-load", daemon=True).start()
         self.start_workers(db)
+        threading.Thread(
+            target=self._sweep_reservations, args=(db,), name="reservation-sweep", daemon=True
+        ).start()
+
+    def _sweep_reservations(self, db: Database) -> None:
+        """The backstop for answers whose process died before settling them: every
+        RESERVATION_SWEEP_SECONDS, give back reservations older than RESERVATION_TTL_SECONDS."""
+        while not self._stopping.wait(RESERVATION_SWEEP_SECONDS):
+            try:
+                with db.session() as session:
+                    swept = sweep_reservations(session, self.settings.RESERVATION_TTL_SECONDS)
+                if swept.reservations:
+                    log.warning(
+                        "gave back %d expired reservations (%d tokens)",
+                        swept.reservations,
+                        swept.tokens,
+                    )
+            except Exception:  # the loop must survive anything (e.g. the database restarting)
+                log.exception("reservation sweep failed")
 
     def start_workers(self, db: Database) -> None:
         self.workers = WorkerPool(
@@ -60,12 +84,25 @@ class Runtime:
         self.workers.start()
 
     def _load_model(self) -> None:
-        try:
-            self.embedder.load()
-        except Exception:
-            log.exception("embedding model failed to load")
+        """Load, and after a failure retry every MODEL_RETRY_SECONDS until it works; meanwhile
+        questions get 503 at once rather than each waiting for a slow load."""
+        retry = False
+        while not self._stopping.is_set():
+            try:
+                self.embedder.load(retry=retry)
+                if retry:
+                    log.info("embedding model loaded after a retry")
+                return
+            except Exception:
+                log.exception(
+                    "embedding model failed to load; retrying in %s s",
+                    self.settings.MODEL_RETRY_SECONDS,
+                )
+            retry = True
+            self._stopping.wait(self.settings.MODEL_RETRY_SECONDS)
 
     async def stop(self) -> None:
+        self._stopping.set()
         self.workers.stop()
         await self.llm.aclose()
         await anyio.to_thread.run_sync(self.sandbox.close)
@@ -81,7 +118,9 @@ def build_ingestion_clients(settings: Settings) -> tuple[Embedder, VectorStore, 
         settings.EMBEDDING_MODEL, settings.EMBEDDING_DEVICE, settings.EMBEDDING_BATCH_SIZE
     )
     store = VectorStore(
-        path=None if settings.CHROMA_URL else settings.CHROMA_PATH, url=settings.CHROMA_URL
+        path=None if settings.CHROMA_URL else settings.CHROMA_PATH,
+        url=settings.CHROMA_URL,
+        token=settings.CHROMA_AUTH_TOKEN,
     )
     sandbox = Sandbox(
         timeout_s=settings.EXTRACT_TIMEOUT_SECONDS,

@@ -702,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
             "RATE_LIMIT_PUBLIC_PER_CLIENT": RAISED_RATE_LIMIT,
             "RATE_LIMIT_PUBLIC_PER_CHATBOT": RAISED_RATE_LIMIT,
             "SIGNUP_TOKENS": "1000000000",
+            # Concurrency 32 on one chatbot: the per-chatbot answer limit is not under test.
+            "MAX_CONCURRENT_ANSWERS_PER_CHATBOT": "64",
             "INGEST_WORKERS": "1",
         }
         extra_env = server_env(parser, args.env, extra_env)

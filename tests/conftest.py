@@ -24,6 +24,8 @@ os.environ.update(
         "EMBEDDING_MODEL": os.environ.get("TEST_EMBEDDING_MODEL", "minilm"),
         "LOG_LEVEL": "WARNING",
         "RATE_LIMIT_STORAGE_URL": "memory://",
+        # Tests sign up many customers from one address; the throttle has its own test.
+        "RATE_LIMIT_REGISTRATIONS_PER_IP": "100000/hour",
     }
 )
 os.environ.pop("FIREWORKS_API_KEY", None)

@@ -127,7 +127,7 @@ class FakeLLMServer:
     - ``reply``: fixed answer text, or ``None`` (default) for ``default_reply(messages)``;
       ``set_reply(text)`` does the same.
     - ``fail_next(n, status=500)``: the next ``n`` requests get that status with an
-      OpenAI-style error body.
+      OpenAI-style error body; ``status=200``: an HTML page instead of an answer (garbage).
     - ``delay_seconds``: sleep before answering (headers included): for timeouts.
     - ``token_delay_seconds``: sleep between streamed chunks: for disconnects, heartbeats.
     - ``omit_usage``: send no ``usage`` at all (JSON or stream).
@@ -372,7 +372,20 @@ class FakeLLMServer:
         async def respond() -> None:
             if self.delay_seconds:
                 await asyncio.sleep(self.delay_seconds)
-            if fail_status is not None:
+            if fail_status == 200:  # a 200 that is not an answer (a proxy's error page)
+                page = b"<html><body>502 Bad Gateway (from a proxy)</body></html>"
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [
+                            (b"content-type", b"text/html"),
+                            (b"content-length", b"%d" % len(page)),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": page, "more_body": False})
+            elif fail_status is not None:
                 await _send_json(
                     send, fail_status, _error_body("injected failure", "server_error", fail_status)
                 )

@@ -36,9 +36,11 @@ def current_user_short(
     settings: SettingsDep, db: DatabaseDep, token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> User:
     """Like CurrentUser, without holding a database session for the whole request (query
-    routes stream for seconds; their own steps open short sessions)."""
+    routes stream for seconds, an upload's body may take minutes; their own steps open short
+    sessions)."""
     with db.session() as session:
         return service.user_from_token(session, settings, token)
 
 
 QueryUser = Annotated[User, Depends(current_user_short)]
+UploadUser = QueryUser

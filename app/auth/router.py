@@ -21,10 +21,17 @@ router = APIRouter(prefix="/auth", tags=["auth"])
     "/register",
     status_code=status.HTTP_201_CREATED,
     response_model=Registration,
-    responses=errors(409, 422),
+    responses=errors(409, 422, 429),
     summary="Sign up a customer and its first (admin) user",
 )
-def register(data: RegisterRequest, session: SessionDep, settings: SettingsDep) -> Registration:
+def register(
+    data: RegisterRequest,
+    session: SessionDep,
+    settings: SettingsDep,
+    limiter: LimiterDep,
+    ip: ClientIP,
+) -> Registration:
+    service.check_registration_rate(limiter, settings, ip)
     user, customer = service.register(session, settings, data)
     token, expires_in = create_access_token(settings, user.id, customer.id)
     return Registration.model_validate(

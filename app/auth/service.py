@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from limits import parse
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -15,11 +16,25 @@ from app.core.errors import (
     Conflict,
     InvalidCredentials,
     NotAuthenticated,
+    RateLimited,
     TooManyLoginAttempts,
     ValidationFailed,
 )
-from app.core.ratelimit import RateLimiter, login_failure_limit
+from app.core.ratelimit import RateLimiter, login_limits
 from app.models import Customer, Role, UsageToken, User
+
+
+class TooManyRegistrations(RateLimited):
+    code = "too_many_registrations"
+    default_detail = "Too many sign-ups from this address; try again later."
+
+
+def check_registration_rate(limiter: RateLimiter, settings: Settings, client_ip: str) -> None:
+    """Each sign-up grants SIGNUP_TOKENS: throttle them per client IP (shared through Redis
+    when RATE_LIMIT_STORAGE_URL points there)."""
+    decision = limiter.hit(parse(settings.RATE_LIMIT_REGISTRATIONS_PER_IP), "register", client_ip)
+    if not decision.allowed:
+        raise TooManyRegistrations(retry_after=decision.retry_after)
 
 
 def register(session: Session, settings: Settings, data: RegisterRequest) -> tuple[User, Customer]:
@@ -83,24 +98,27 @@ def authenticate(
     password: str,
     client_ip: str,
 ) -> User:
-    """Check a password, throttling repeated failures per username and per client IP."""
+    """Check a password, throttling attempts per username and per client IP.
+
+    Each attempt is counted before the password is checked (one atomic hit per key), so
+    parallel guesses cannot all pass a check made before any of them was counted. A correct
+    password clears its username's count; the per-IP count keeps successes too (its limit,
+    LOGIN_MAX_ATTEMPTS_PER_IP, is set for an office signing in from one address)."""
     if "\x00" in username or "\x00" in password or len(username) > 64 or len(password) > 256:
         raise ValidationFailed(
             "username (at most 64 characters) and password (at most 256) must not contain NUL."
         )
-    limit = login_failure_limit(settings)
+    per_user, per_ip = login_limits(settings)
     # Exact username: sign-in matches it exactly, so other spellings are other accounts.
-    keys = (("login-user", username), ("login-ip", client_ip))
-    for key in keys:
-        decision = limiter.is_blocked(limit, *key)
+    user_key = ("login-user", username)
+    for limit, key in ((per_ip, ("login-ip", client_ip)), (per_user, user_key)):
+        decision = limiter.hit(limit, *key)
         if not decision.allowed:
             raise TooManyLoginAttempts(retry_after=decision.retry_after)
     user = session.scalar(select(User).where(User.username == username))
     if not security.verify_password(password, user.password_hash if user else None):
-        for key in keys:
-            limiter.hit(limit, *key)
         raise InvalidCredentials()
-    limiter.clear(limit, *keys[0])
+    limiter.clear(per_user, *user_key)
     assert user is not None
     return user
 

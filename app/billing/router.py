@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from pydantic import BeforeValidator
 
 from app.auth.dependencies import AdminUser, CurrentUser
 from app.billing import invoices, service, usage, webhook
@@ -26,8 +28,17 @@ from app.models import Billing
 
 router = APIRouter(tags=["billing"])
 
-From = Annotated[date | None, Query(alias="from", description="First day (UTC), included.")]
-To = Annotated[date | None, Query(alias="to", description="Last day (UTC), included.")]
+
+def _iso_day(value: object) -> object:
+    # A day as YYYY-MM-DD only (pydantic alone would also take a number of seconds).
+    if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("a day is written YYYY-MM-DD")
+    return value
+
+
+Day = Annotated[date | None, BeforeValidator(_iso_day)]
+From = Annotated[Day, Query(alias="from", description="First day (UTC), included.")]
+To = Annotated[Day, Query(alias="to", description="Last day (UTC), included.")]
 WEBHOOK_MAX_BYTES = 64 * 1024
 
 

@@ -5,7 +5,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, PlainSerializer
+from pydantic import ConfigDict, Field, PlainSerializer, StrictInt
 
 from app.billing.invoices import rate
 from app.core.schemas import NoNul, Schema
@@ -72,7 +72,7 @@ InvoiceState = Literal["pending", "paid", "void", "overdue"]
 
 
 class InvoiceCreate(Schema):
-    tokens: int = Field(
+    tokens: StrictInt = Field(
         gt=0, le=10**12, description="Tokens in the pack (INVOICE_MIN_TOKENS..INVOICE_MAX_TOKENS)."
     )
 

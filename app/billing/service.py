@@ -4,15 +4,23 @@ every credit (an operator's grant, a paid invoice)."""
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
-from sqlalchemy import CursorResult, case, func, select, update
+from sqlalchemy import CursorResult, Select, case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.core.db import insert_for
 from app.core.errors import NotFound
-from app.models import Chatbot, ChatbotMonthlyUsage, Customer, TokenCredit, UsageToken
+from app.models import (
+    Chatbot,
+    ChatbotMonthlyUsage,
+    Customer,
+    TokenCredit,
+    TokenReservation,
+    UsageToken,
+)
 from app.models.base import utcnow
 
 
@@ -133,6 +141,119 @@ def adjust_chatbot_month(session: Session, chatbot_id: uuid.UUID, month: date, d
         .where(ChatbotMonthlyUsage.chatbot_id == chatbot_id, ChatbotMonthlyUsage.month == month)
         .values(tokens=case((tokens < 0, 0), else_=tokens))
     )
+
+
+# --- reservations: one row per question being answered ---
+#
+# The row is the reservation: it is written in the transaction that takes the tokens off the
+# balance and the chatbot's month, and whoever deletes it gives them back or settles them
+# (`take_reservation` in finish/abandon, `sweep_reservations` for a crashed process), so a
+# reservation is returned exactly once. Lock order everywhere: the reservation row, the
+# chatbot's month, the balance.
+
+
+def record_reservation(
+    session: Session,
+    reservation_id: uuid.UUID,
+    customer_id: uuid.UUID,
+    chatbot_id: uuid.UUID,
+    month: date,
+    tokens: int,
+) -> None:
+    session.add(
+        TokenReservation(
+            id=reservation_id,
+            customer_id=customer_id,
+            chatbot_id=chatbot_id,
+            month=month,
+            tokens=tokens,
+            created_at=utcnow(),
+        )
+    )
+    session.flush()
+
+
+def answers_in_progress(session: Session, chatbot_id: uuid.UUID, ttl_seconds: int) -> int:
+    """The chatbot's live reservations (rows a crashed process left count only until they
+    expire). Exact when the caller holds the chatbot's month row (`reserve_chatbot_month`),
+    which every reserver of this chatbot takes first."""
+    since = utcnow() - timedelta(seconds=ttl_seconds)
+    count = session.scalar(
+        select(func.count())
+        .select_from(TokenReservation)
+        .where(TokenReservation.chatbot_id == chatbot_id, TokenReservation.created_at >= since)
+    )
+    return int(count or 0)
+
+
+def take_reservation(session: Session, reservation_id: uuid.UUID) -> int:
+    """Delete the reservation and say how many tokens it held: 0 when it is already gone
+    (settled, or given back by the sweep), so its tokens are never returned twice."""
+    tokens = session.scalar(
+        delete(TokenReservation)
+        .where(TokenReservation.id == reservation_id)
+        .returning(TokenReservation.tokens)
+    )
+    return int(tokens or 0)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    reservations: int
+    tokens: int
+
+
+def sweep_reservations(
+    session: Session, ttl_seconds: int, *, now: datetime | None = None, batch: int = 500
+) -> Sweep:
+    """Give back up to `batch` reservations older than `ttl_seconds` (their request died
+    with its process): the balance and the chatbot's month, then the row is gone. Rows a
+    live request is settling at this moment are skipped (SKIP LOCKED); the next sweep finds
+    them gone. For the periodic sweep of each API process and the operator's CLI."""
+    cutoff = (now or utcnow()) - timedelta(seconds=ttl_seconds)
+    return _give_back(
+        session,
+        select(TokenReservation.id)
+        .where(TokenReservation.created_at < cutoff)
+        .order_by(TokenReservation.created_at, TokenReservation.id)
+        .limit(batch),
+    )
+
+
+def release_chatbot_reservations(session: Session, chatbot_id: uuid.UUID) -> Sweep:
+    """Give back a chatbot's reservations, in the transaction that deletes it (the rows
+    would go with it, ON DELETE CASCADE, and their tokens with them); its answers in
+    progress then settle nothing."""
+    return _give_back(
+        session, select(TokenReservation.id).where(TokenReservation.chatbot_id == chatbot_id)
+    )
+
+
+def _give_back(session: Session, scope: Select[uuid.UUID]) -> Sweep:
+    ids = list(session.scalars(scope.with_for_update(skip_locked=True)))
+    if not ids:
+        return Sweep(0, 0)
+    rows = session.execute(
+        delete(TokenReservation)
+        .where(TokenReservation.id.in_(ids))
+        .returning(
+            TokenReservation.customer_id,
+            TokenReservation.chatbot_id,
+            TokenReservation.month,
+            TokenReservation.tokens,
+        )
+    ).all()
+    by_month: defaultdict[tuple[uuid.UUID, date], int] = defaultdict(int)
+    by_customer: defaultdict[uuid.UUID, int] = defaultdict(int)
+    for customer_id, chatbot_id, month, tokens in rows:
+        by_month[(chatbot_id, month)] += tokens
+        by_customer[customer_id] += tokens
+    # The lock order of finish and abandon: the rows (above), the months, the balances.
+    for (chatbot_id, month), tokens in sorted(by_month.items()):
+        adjust_chatbot_month(session, chatbot_id, month, -tokens)
+    for customer_id, tokens in sorted(by_customer.items()):
+        release_tokens(session, customer_id, tokens)
+    return Sweep(len(rows), sum(by_customer.values()))
 
 
 # --- the operator's view ---

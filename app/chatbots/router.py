@@ -20,12 +20,14 @@ router = APIRouter(prefix="/api/chatbots", tags=["chatbots"])
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=Chatbot,
-    responses=errors(401, 403, 422),
+    responses=errors(401, 403, 409, 422),
     summary="Create a chatbot (its API key is generated)",
 )
-def create_chatbot(data: ChatbotCreate, user: CurrentUser, session: SessionDep) -> Chatbot:
+def create_chatbot(
+    data: ChatbotCreate, user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> Chatbot:
     service.check_admin_fields(data, user.role)
-    return Chatbot.model_validate(service.create_chatbot(session, user.customer_id, data))
+    return Chatbot.model_validate(service.create_chatbot(session, settings, user.customer_id, data))
 
 
 @router.get("", response_model=Page[Chatbot], responses=errors(401, 422))

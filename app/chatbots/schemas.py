@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, StrictFloat, StrictInt
 
 from app.core.schemas import NoNul, NotBlank, Schema, StripNoNul
 
@@ -40,12 +40,13 @@ SystemPrompt = Annotated[
     Field(max_length=8000, examples=["You are Acme's friendly support assistant."]),
     NoNul,
 ]
-Temperature = Annotated[float, Field(ge=0, le=2)]
-TopK = Annotated[int, Field(ge=1, le=20)]
+Temperature = Annotated[StrictFloat, Field(ge=0, le=2)]
+# Strict: 5, not "5" or 5.0 (the schema says integer; a client sending otherwise is told so).
+TopK = Annotated[StrictInt, Field(ge=1, le=20)]
 Origins = Annotated[list[Origin], Field(max_length=50, examples=[["https://www.acme.example"]])]
 WelcomeMessage = Annotated[str, Field(max_length=1000), NoNul]
 MonthlyTokenLimit = Annotated[
-    int,
+    StrictInt,
     Field(
         ge=0,
         le=10**12,
@@ -67,21 +68,16 @@ class ChatbotCreate(Schema):
 
 
 class ChatbotUpdate(Schema):
-    """Only the fields sent are changed; `null` clears an optional field."""
+    """Only the fields sent are changed; `null` clears an optional field. `name`, `top_k`
+    and `allowed_origins` cannot be null (the schema says so): leave them out instead."""
 
-    @model_validator(mode="after")
-    def _required_not_null(self) -> ChatbotUpdate:
-        for name in ("name", "top_k", "allowed_origins"):
-            if name in self.model_fields_set and getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
-        return self
-
-    name: ChatbotName | None = None
+    # Not Optional, defaults never validated: absent is fine, null is a 422.
+    name: ChatbotName = Field(default=None)  # type: ignore[assignment]
+    top_k: TopK = Field(default=None)  # type: ignore[assignment]
+    allowed_origins: Origins = Field(default=None)  # type: ignore[arg-type]
     description: Description | None = None
     system_prompt: SystemPrompt | None = None
     temperature: Temperature | None = None
-    top_k: TopK | None = None
-    allowed_origins: Origins | None = None
     welcome_message: WelcomeMessage | None = None
     monthly_token_limit: MonthlyTokenLimit | None = None
 

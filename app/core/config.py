@@ -17,7 +17,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     # --- runtime ---
-    ENVIRONMENT: Literal["development", "test", "production"] = "development"
+    # production unless said otherwise: development (./scripts/serve sets it) is the only mode
+    # that accepts the placeholder SECRET_KEY.
+    ENVIRONMENT: Literal["development", "test", "production"] = "production"
     LOG_LEVEL: str = "INFO"
     LOG_JSON: bool = True
 
@@ -28,9 +30,11 @@ class Settings(BaseSettings):
     UPLOAD_DIR: Path = Path("uploads")
     CHROMA_PATH: Path = Path("chroma_dbs")
     CHROMA_URL: str | None = None
+    CHROMA_AUTH_TOKEN: str | None = None
 
     @field_validator(
         "CHROMA_URL",
+        "CHROMA_AUTH_TOKEN",
         "FIREWORKS_API_KEY",
         "CHUNK_SIZE",
         "CHUNK_OVERLAP",
@@ -48,6 +52,8 @@ class Settings(BaseSettings):
     ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(default=60, ge=1)
     LOGIN_MAX_FAILURES: int = Field(default=5, ge=1)
     LOGIN_LOCKOUT_SECONDS: int = Field(default=300, ge=1)
+    # Sign-in attempts (successful ones too) from one client IP per LOGIN_LOCKOUT_SECONDS.
+    LOGIN_MAX_ATTEMPTS_PER_IP: int = Field(default=30, ge=1)
 
     # --- product ---
     PUBLIC_BASE_URL: str = "http://localhost:8000"
@@ -82,6 +88,8 @@ class Settings(BaseSettings):
     LLM_MAX_TOKENS: int = Field(default=1024, ge=1)
     LLM_TEMPERATURE: float = Field(default=0.2, ge=0, le=2)
     HISTORY_TURNS: int = Field(default=4, ge=0)
+    # ...and at most this many characters of them (older turns dropped first).
+    HISTORY_MAX_CHARS: int = Field(default=8000, ge=0)
     MIN_SCORE: float = Field(default=0.0, ge=-1, le=1)
     FALLBACK_MESSAGE: str = "I could not find anything about that in the documents I was given."
     SSE_HEARTBEAT_SECONDS: float = Field(default=15.0, gt=0)
@@ -105,6 +113,35 @@ class Settings(BaseSettings):
     # A TrueType font for invoice PDFs (any script); empty: DejaVu Sans where installed.
     INVOICE_FONT_PATH: Path | None = None
 
+    # --- limits: what one client, visitor or tenant may use (see SECURITY.md) ---
+    # Every request body, JSON or form (uploads have MAX_UPLOAD_MB and the limits below).
+    MAX_REQUEST_BYTES: int = Field(default=1024 * 1024, ge=1024)
+    # An upload must arrive within this many seconds (a slow sender is cut off with 408).
+    MAX_UPLOAD_SECONDS: int = Field(default=300, ge=1)
+    # A multipart part's headers (field name, file name, content type), in bytes.
+    MAX_MULTIPART_HEADER_BYTES: int = Field(default=16 * 1024, ge=256)
+    MAX_CONCURRENT_UPLOADS_PER_CUSTOMER: int = Field(default=4, ge=1)
+    MAX_CHATBOTS_PER_CUSTOMER: int = Field(default=50, ge=1)
+    MAX_DOCUMENTS_PER_CHATBOT: int = Field(default=1000, ge=1)
+    # Free demo messages per customer in all (survives deleting and re-creating chatbots).
+    DEMO_MESSAGES_PER_CUSTOMER: int = Field(default=50, ge=0)
+    RATE_LIMIT_REGISTRATIONS_PER_IP: str = "5/hour"
+    # Answers one chatbot may be generating at once (across all API processes).
+    MAX_CONCURRENT_ANSWERS_PER_CHATBOT: int = Field(default=8, ge=1)
+    # Public questions per session (session_id) of a chatbot per day.
+    RATE_LIMIT_PUBLIC_PER_SESSION: str = "100/day"
+    # The longest question accepted (characters); at most 10000.
+    QUESTION_MAX_CHARS: int = Field(default=2000, ge=1, le=10_000)
+    # A reservation whose request never settled (a crashed process) is given back after this.
+    RESERVATION_TTL_SECONDS: int = Field(default=900, ge=60)
+    # Documents of one customer being ingested at once (the rest wait their turn).
+    INGEST_MAX_PER_CUSTOMER: int = Field(default=2, ge=1)
+    # A failed embedding-model load is retried in the background this often (queries: 503).
+    MODEL_RETRY_SECONDS: float = Field(default=30.0, gt=0)
+    # Production may turn off the interactive docs (/docs, /redoc, /openapi.json) and /metrics.
+    ENABLE_DOCS: bool = True
+    ENABLE_METRICS: bool = True
+
     # --- rate limits ---
     RATE_LIMIT_STORAGE_URL: str = "memory://"
     RATE_LIMIT_PUBLIC_PER_CLIENT: str = "60/minute"
@@ -112,14 +149,25 @@ class Settings(BaseSettings):
     # The widget's profile read (GET /api/public/{id}), once per page view, per key + client IP.
     RATE_LIMIT_PUBLIC_READS: str = "120/minute"
 
+    def secret_key_problem(self) -> str | None:
+        """Why SECRET_KEY must not sign tokens here, or None. It fails closed: only an explicit
+        ENVIRONMENT=development accepts the placeholder or a short key."""
+        if self.SECRET_KEY == PLACEHOLDER_SECRET_KEY:
+            weakness = "the placeholder"
+        elif len(self.SECRET_KEY.encode()) < 32:
+            weakness = "shorter than 32 bytes"
+        else:
+            return None
+        if self.ENVIRONMENT == "development":
+            return None
+        return (
+            f"SECRET_KEY is {weakness} and ENVIRONMENT is {self.ENVIRONMENT}: set a random "
+            "SECRET_KEY (python -c 'import secrets; print(secrets.token_urlsafe(48))'), or "
+            "ENVIRONMENT=development on a machine of your own"
+        )
+
     @model_validator(mode="after")
-    def _refuse_placeholder_secret(self) -> Settings:
-        if self.ENVIRONMENT != "development" and self.SECRET_KEY == PLACEHOLDER_SECRET_KEY:
-            raise ValueError(
-                "SECRET_KEY is the development placeholder; set a random SECRET_KEY "
-                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`) "
-                f"when ENVIRONMENT={self.ENVIRONMENT}"
-            )
+    def _consistent(self) -> Settings:
         if self.CHUNK_SIZE and self.CHUNK_OVERLAP and self.CHUNK_OVERLAP >= self.CHUNK_SIZE:
             raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
         if self.INVOICE_MIN_TOKENS > self.INVOICE_MAX_TOKENS:

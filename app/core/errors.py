@@ -92,10 +92,38 @@ class ValidationFailed(AppError):
         return {**super().body(), "errors": [error]}
 
 
+class QuestionTooLong(ValidationFailed):
+    code = "question_too_long"
+    default_detail = "The question is too long."
+
+
 class PayloadTooLarge(AppError):
     status_code = 413
     code = "file_too_large"
     default_detail = "The file is too large."
+
+
+class RequestTooLarge(AppError):
+    """A request body over its endpoint's cap (MAX_REQUEST_BYTES; uploads: their own)."""
+
+    status_code = 413
+    code = "request_too_large"
+    default_detail = "The request body is too large."
+
+    def __init__(self, detail: str | None = None):
+        # The rest of the body is not read: the connection cannot be reused.
+        super().__init__(detail, headers={"Connection": "close"})
+
+
+class InsufficientStorage(AppError):
+    """The server could not write a file (disk full, folder not writable): nothing was kept."""
+
+    status_code = 507
+    code = "insufficient_storage"
+    default_detail = "The server cannot store files right now; nothing was saved. Retry later."
+
+    def __init__(self, detail: str | None = None):
+        super().__init__(detail, headers={"Retry-After": "60", "Connection": "close"})
 
 
 class UnsupportedMediaType(AppError):
@@ -122,6 +150,12 @@ class TooManyLoginAttempts(RateLimited):
 class DemoLimitReached(RateLimited):
     code = "demo_limit_reached"
     default_detail = "This chatbot has used all of its free demo messages."
+
+
+class ChatbotBusy(RateLimited):
+    code = "chatbot_busy"
+    default_detail = "This chatbot is answering as many questions as it may at once."
+    public_detail = "This chatbot is busy answering other questions; please try again shortly."
 
 
 class InsufficientTokens(AppError):
@@ -172,6 +206,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     402: "Not enough tokens",
     403: "Forbidden",
     404: "Not found (or owned by another customer)",
+    408: "The request body did not arrive in time",
     409: "Conflict",
     413: "Payload too large",
     415: "Unsupported media type",
@@ -179,4 +214,5 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     429: "Too many requests (see Retry-After)",
     500: "Internal error (logged with the request id)",
     503: "Service unavailable",
+    507: "Insufficient storage (nothing was saved)",
 }

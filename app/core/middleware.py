@@ -1,4 +1,5 @@
-"""Pure ASGI middleware (streaming-safe): request id, access log, Prometheus metrics."""
+"""Pure ASGI middleware (streaming-safe): request id, access log, Prometheus metrics, request
+body caps."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import Counter, Histogram
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import InternalError
+from app.core.errors import InternalError, RequestTooLarge
 from app.core.logging import request_id_var
 
 log = logging.getLogger("app.access")
@@ -102,6 +104,104 @@ def _route(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
     return str(path) if path else "unmatched"
+
+
+class BodyLimitMiddleware:
+    """Caps every request body before anything buffers it (FastAPI reads a JSON body whole,
+    before the endpoint and its authentication run).
+
+    A declared Content-Length over the cap is refused at once, without reading the body. A
+    body without one (chunked) is counted as it arrives: the message that crosses the cap is
+    not passed on; the app sees the client disconnect instead (`ClientDisconnect`), whatever
+    it answers to that is dropped, and the 413 is sent here. Once the app has started its
+    response, a 413 is no longer possible: the app only sees the disconnect and ends.
+    Limits are read per request (`default`, or the first matching path prefix in `larger`),
+    so they follow the settings object.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        default: Callable[[], int],
+        larger: Mapping[str, Callable[[], int]] | None = None,
+    ):
+        self.app = app
+        self.default = default
+        self.larger = dict(larger or {})
+
+    def limit_for(self, path: str) -> int:
+        for prefix, limit in self.larger.items():
+            if path.startswith(prefix):
+                return limit()
+        return self.default()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            await _too_large(send, limit)
+            return
+        received = 0
+        cut_off = False
+        app_started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, cut_off
+            if cut_off:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    cut_off = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal app_started
+            if cut_off and not app_started:
+                return  # the app's answer to the "disconnect": the 413 below replaces it
+            if message["type"] == "http.response.start":
+                app_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not cut_off or app_started:
+                raise
+            # The app failed on the body we cut off (ClientDisconnect): expected, answered below.
+            log.debug("request body cut off at %d bytes on %s", limit, scope["path"])
+        if cut_off and not app_started:
+            await _too_large(send, limit)
+
+
+def _content_length(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None  # the server refuses a malformed Content-Length itself
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    error = RequestTooLarge(
+        f"The request body is larger than this endpoint accepts ({_size(limit)})."
+    )
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (error.headers or {}).items()]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _size(n: int) -> str:
+    if n >= 1024 * 1024:
+        return f"{n / (1024 * 1024):.1f} MB".replace(".0 MB", " MB")
+    return f"{n / 1024:.0f} KB"
 
 
 class TenantCORSMiddleware(CORSMiddleware):

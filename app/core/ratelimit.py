@@ -30,12 +30,6 @@ class RateLimiter:
             return Decision(True, 0)
         return Decision(False, self._retry_after(limit, *key))
 
-    def is_blocked(self, limit: RateLimitItem, *key: str) -> Decision:
-        """Whether the window is already full, without counting this call."""
-        if self._limiter.test(limit, *key):
-            return Decision(True, 0)
-        return Decision(False, self._retry_after(limit, *key))
-
     def clear(self, limit: RateLimitItem, *key: str) -> None:
         self._limiter.clear(limit, *key)
 
@@ -47,5 +41,10 @@ class RateLimiter:
         self.storage.reset()
 
 
-def login_failure_limit(settings: Settings) -> RateLimitItem:
-    return parse(f"{settings.LOGIN_MAX_FAILURES}/{settings.LOGIN_LOCKOUT_SECONDS} seconds")
+def login_limits(settings: Settings) -> tuple[RateLimitItem, RateLimitItem]:
+    """(per username, per client IP): attempts in LOGIN_LOCKOUT_SECONDS."""
+    window = f"{settings.LOGIN_LOCKOUT_SECONDS} seconds"
+    return (
+        parse(f"{settings.LOGIN_MAX_FAILURES}/{window}"),
+        parse(f"{settings.LOGIN_MAX_ATTEMPTS_PER_IP}/{window}"),
+    )

@@ -84,7 +84,7 @@ class ValidationErrorBody(ErrorBody):
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for the error statuses a route can answer (500 always)."""
+    """OpenAPI `responses` for the error statuses a route can answer (500 and 503 always)."""
     from app.core.errors import ERROR_DESCRIPTIONS
 
     return {
@@ -92,5 +92,6 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "model": ValidationErrorBody if status == 422 else ErrorBody,
             "description": ERROR_DESCRIPTIONS[status],
         }
-        for status in (*statuses, 500)
+        # 500 and 503 on every route: an unexpected error, the database (or its pool) gone.
+        for status in dict.fromkeys((*statuses, 500, 503))
     }

@@ -3,19 +3,19 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
-from app.auth.dependencies import CurrentUser
+from app.auth.dependencies import UploadUser
 from app.chatbots.dependencies import OwnedChatbot
-from app.chatbots.service import chatbot_upload_dir, get_owned_chatbot
-from app.core.db import SessionDep, after_commit
+from app.chatbots.service import chatbot_upload_dir
+from app.core.db import DatabaseDep, SessionDep
 from app.core.deps import SettingsDep
-from app.core.errors import PayloadTooLarge
 from app.core.schemas import Page, Pagination, errors
 from app.documents import service
 from app.documents.schemas import Document, Reindex
-from app.documents.upload import declared_too_large, receive_file
+from app.documents.upload import UploadLimits, UploadSlots, receive_file
 from app.models import DocumentStatus
 from app.runtime import RuntimeDep
 
@@ -37,36 +37,46 @@ _UPLOAD_BODY = {
 }
 
 
+# Its request body is capped as a whole by the body-limit middleware (`upload_body_limit`).
+UPLOAD_PATH_PREFIX = "/api/upload/"
+
+
 @router.post(
-    "/api/upload/{chatbot_id}",
+    UPLOAD_PATH_PREFIX + "{chatbot_id}",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Document,
-    responses=errors(401, 404, 409, 413, 415, 422),
+    responses=errors(401, 404, 408, 409, 413, 415, 422, 429, 503, 507),
     openapi_extra=_UPLOAD_BODY,
     summary="Upload a document (multipart field `file`); it is queued for ingestion",
 )
 async def upload_document(
     chatbot_id: uuid.UUID,
     request: Request,
-    user: CurrentUser,
-    session: SessionDep,
+    user: UploadUser,
+    db: DatabaseDep,
     settings: SettingsDep,
     runtime: RuntimeDep,
-) -> Document:
-    chatbot = await run_in_threadpool(get_owned_chatbot, session, user.customer_id, chatbot_id)
-    limit = settings.max_upload_bytes
-    if declared_too_large(request.headers.get("content-length"), limit):
-        raise PayloadTooLarge(
-            f"The file is larger than the {settings.MAX_UPLOAD_MB} MB upload limit."
-        )
-    received = await receive_file(
-        request.stream(),
-        request.headers.get("content-type"),
-        chatbot_upload_dir(settings, chatbot.customer_id, chatbot.id),
-        limit,
+) -> Document | Response:
+    # No SessionDep: the body may take minutes, and no pooled connection is held meanwhile
+    # (see service.upload_target/accept_upload).
+    chatbot = await to_thread.run_sync(
+        service.upload_target, db, settings, user.customer_id, chatbot_id
     )
-    document = await run_in_threadpool(service.accept_upload, session, settings, chatbot, received)
-    after_commit(session, runtime.workers.wake)
+    async with UploadSlots.of(runtime.limiter.storage, settings).hold(user.customer_id):
+        try:
+            received = await receive_file(
+                request.stream(),
+                request.headers.get("content-type"),
+                chatbot_upload_dir(settings, chatbot.customer_id, chatbot.id),
+                UploadLimits.of(settings),
+            )
+        except ClientDisconnect:
+            return Response(status_code=499)  # the client left (nginx's code); nobody reads it
+        document = await to_thread.run_sync(
+            lambda: service.accept_upload(
+                db, settings, chatbot, received, wake=runtime.workers.wake
+            )
+        )
     return Document.model_validate(document)
 
 

@@ -4,22 +4,39 @@ Workers claim rows with `FOR UPDATE SKIP LOCKED` on PostgreSQL (so workers on ma
 share the queue); on SQLite the guarded UPDATE alone decides. A claim is a lease: the worker
 renews it as it makes progress; a row whose lease expired (its worker died) is claimed again,
 until INGEST_MAX_ATTEMPTS claims have been spent.
+
+Claims are fair between customers: the customer served longest ago goes first, and one with
+INGEST_MAX_PER_CUSTOMER documents being processed waits, so a tenant's backlog never holds up
+the others. (Vector deletions, which workers also sweep, are in deletions.py.)
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Result, and_, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Result,
+    Select,
+    and_,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from app.core.db import Database
-from app.models import Chatbot, Document, DocumentStatus
+from app.models import Chatbot, Customer, Document, DocumentStatus, PendingDeletion
 from app.models.base import utcnow
+
+log = logging.getLogger("app.ingest")
 
 
 def interrupted_message(attempts: int) -> str:
@@ -57,86 +74,213 @@ def _claimable(now: Any) -> ColumnElement[bool]:
     )
 
 
+def _live(now: datetime) -> ColumnElement[bool]:
+    """Being processed by a worker that is still alive."""
+    return and_(Document.status == DocumentStatus.processing, Document.lease_expires_at >= now)
+
+
+# Candidates tried per claim: another worker may take the one we picked between our
+# lock-free choice and our lock.
+CLAIM_TRIES = 5
+
+
 def claim_next(
     db: Database,
     owner: str,
     lease_seconds: int,
     max_attempts: int,
+    *,
+    max_per_customer: int,
     rebuild: Callable[[uuid.UUID], None] | None = None,
 ) -> Claim | None:
-    """Claim the next document. `rebuild(chatbot_id)` drops a collection whose chatbot asked
-    for a reindex: it runs inside the claim's transaction, while the chatbot's row is locked,
-    so no other worker writes vectors of that chatbot before the old ones are gone (and if it
-    fails, the claim and the request are both kept for the next try)."""
+    """Claim the next document, fairly between customers: among those with fewer than
+    `max_per_customer` documents being processed, the customer served longest ago
+    (`Customer.last_ingest_at`, never first), then its oldest document.
+
+    `rebuild(chatbot_id)` drops a collection whose chatbot asked for a reindex: it runs
+    inside the claim's transaction, while the chatbot's row is locked, so no other worker
+    writes vectors of that chatbot before the old ones are gone (and if it fails, the claim
+    and the request are both kept for the next try)."""
     now = utcnow()
     with db.session() as session:
-        # Rows whose worker died too often end here instead of looping forever.
-        exhausted = session.execute(
-            select(Document.id, Document.attempts)
-            .where(
-                Document.status == DocumentStatus.processing,
-                Document.lease_expires_at < now,
-                Document.attempts >= max_attempts,
-            )
-            .with_for_update(skip_locked=True)
-        ).all()
-        for dead_id, attempts in exhausted:
-            session.execute(
-                update(Document)
-                .where(Document.id == dead_id, Document.status == DocumentStatus.processing)
-                .values(
-                    status=DocumentStatus.failed,
-                    error=interrupted_message(attempts),
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    processed_at=now,
+        _fail_exhausted(session, now, max_attempts)
+        skipped_documents: list[uuid.UUID] = []
+        skipped_customers: list[uuid.UUID] = []
+        for _ in range(CLAIM_TRIES):
+            candidate = session.execute(
+                _candidate(
+                    now, max_attempts, max_per_customer, skipped_documents, skipped_customers
                 )
-            )
-        doc_id = session.scalar(
-            select(Document.id)
-            .where(_claimable(now), Document.attempts < max_attempts)
-            .order_by(Document.uploaded_at, Document.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
+            ).first()
+            if candidate is None:
+                return None
+            document_id, customer_id = candidate
+            if not _take_turn(session, customer_id, now, max_per_customer):
+                skipped_customers.append(customer_id)
+            elif not _take_document(session, document_id, owner, now, lease_seconds, max_attempts):
+                skipped_documents.append(document_id)
+            else:
+                return _claimed(session, document_id, customer_id, now, rebuild)
+        return None
+
+
+def _fail_exhausted(session: Session, now: datetime, max_attempts: int) -> None:
+    """Rows whose worker died too often end `failed` instead of looping forever; what the
+    dead workers wrote is queued for deletion."""
+    exhausted = session.execute(
+        select(Document.id, Document.chatbot_id, Document.attempts)
+        .where(
+            Document.status == DocumentStatus.processing,
+            Document.lease_expires_at < now,
+            Document.attempts >= max_attempts,
         )
-        if doc_id is None:
-            return None
-        claimed = session.execute(
+        .with_for_update(skip_locked=True)
+    ).all()
+    for dead_id, chatbot_id, attempts in exhausted:
+        ended = session.execute(
             update(Document)
-            .where(Document.id == doc_id, _claimable(now))
+            .where(Document.id == dead_id, Document.status == DocumentStatus.processing)
             .values(
-                status=DocumentStatus.processing,
-                lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                attempts=Document.attempts + 1,
-                progress=0.0,
+                status=DocumentStatus.failed,
+                error=interrupted_message(attempts),
+                lease_owner=None,
+                lease_expires_at=None,
+                processed_at=now,
             )
         )
-        if _rowcount(claimed) != 1:  # another worker won (SQLite has no row locks)
-            return None
-        row = session.execute(
-            select(Document, Chatbot.customer_id)
-            .join(Chatbot, Chatbot.id == Document.chatbot_id)
-            .where(Document.id == doc_id)
-        ).one()
-        document: Document = row[0]
-        if rebuild is not None:
-            flagged = session.execute(
-                update(Chatbot)
-                .where(Chatbot.id == document.chatbot_id, Chatbot.rebuild_pending.is_(True))
-                .values(rebuild_pending=False)
-            )
-            if _rowcount(flagged) == 1:
-                rebuild(document.chatbot_id)
-        return Claim(
-            document_id=document.id,
-            chatbot_id=document.chatbot_id,
-            customer_id=row[1],
-            filename=document.filename,
-            file_path=document.file_path,
-            file_type=document.file_type,
-            attempts=document.attempts,
+        if _rowcount(ended) == 1:
+            session.add(PendingDeletion(chatbot_id=chatbot_id, document_id=dead_id))
+
+
+def _candidate(
+    now: datetime,
+    max_attempts: int,
+    max_per_customer: int,
+    skipped_documents: list[uuid.UUID],
+    skipped_customers: list[uuid.UUID],
+) -> Select[uuid.UUID, uuid.UUID]:
+    """The fair choice, read without locks (the customer's turn, then the document, are
+    locked next). It reads only queued and processing rows (the status index), never the
+    ready ones."""
+    busy = (
+        select(Chatbot.customer_id)
+        .join(Document, Document.chatbot_id == Chatbot.id)
+        .where(_live(now))
+        .group_by(Chatbot.customer_id)
+        .having(func.count() >= max_per_customer)
+    )
+    query = (
+        select(Document.id, Chatbot.customer_id)
+        .join(Chatbot, Chatbot.id == Document.chatbot_id)
+        .join(Customer, Customer.id == Chatbot.customer_id)
+        .where(
+            _claimable(now),
+            Document.attempts < max_attempts,
+            Chatbot.customer_id.not_in(busy),
         )
+        .order_by(Customer.last_ingest_at.asc().nulls_first(), Document.uploaded_at, Document.id)
+        .limit(1)
+    )
+    if skipped_documents:
+        query = query.where(Document.id.not_in(skipped_documents))
+    if skipped_customers:
+        query = query.where(Chatbot.customer_id.not_in(skipped_customers))
+    return query
+
+
+# Advisory locks taken by claims are (INGEST_LOCK_CLASS, a customer's key) on PostgreSQL.
+INGEST_LOCK_CLASS = 0x1A6E57
+
+
+def _take_turn(session: Session, customer_id: uuid.UUID, now: datetime, cap: int) -> bool:
+    """Lock the customer's turn, then count its live jobs: two workers never both take the
+    last free slot of one customer. False: another worker is claiming for it, or it is full.
+
+    PostgreSQL: a transaction-scoped advisory lock, not the customer's row, which answers
+    being charged update (their transactions lock the chatbot, then the customer: a claim
+    holding the customer's row while it updates the chatbot could deadlock with them)."""
+    if session.get_bind().dialect.name == "sqlite":
+        # No row locks: a write takes the database's write lock, which serializes claims.
+        session.execute(
+            update(Customer)
+            .where(Customer.id == customer_id)
+            .values(last_ingest_at=Customer.last_ingest_at, updated_at=Customer.updated_at)
+        )
+    else:
+        key = int.from_bytes(customer_id.bytes[:4], "big", signed=True)
+        if not session.scalar(select(func.pg_try_advisory_xact_lock(INGEST_LOCK_CLASS, key))):
+            return False
+    running = session.scalar(
+        select(func.count())
+        .select_from(Document)
+        .join(Chatbot, Chatbot.id == Document.chatbot_id)
+        .where(Chatbot.customer_id == customer_id, _live(now))
+    )
+    return (running or 0) < cap
+
+
+def _take_document(
+    session: Session,
+    document_id: uuid.UUID,
+    owner: str,
+    now: datetime,
+    lease_seconds: int,
+    max_attempts: int,
+) -> bool:
+    locked = session.scalar(
+        select(Document.id)
+        .where(Document.id == document_id, _claimable(now), Document.attempts < max_attempts)
+        .with_for_update(skip_locked=True)
+    )
+    if locked is None:
+        return False
+    claimed = session.execute(
+        update(Document)
+        .where(Document.id == document_id, _claimable(now))
+        .values(
+            status=DocumentStatus.processing,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempts=Document.attempts + 1,
+            progress=0.0,
+        )
+    )
+    return _rowcount(claimed) == 1  # 0: another worker won (SQLite has no row locks)
+
+
+def _claimed(
+    session: Session,
+    document_id: uuid.UUID,
+    customer_id: uuid.UUID,
+    now: datetime,
+    rebuild: Callable[[uuid.UUID], None] | None,
+) -> Claim:
+    document = session.execute(select(Document).where(Document.id == document_id)).scalar_one()
+    if rebuild is not None:
+        flagged = session.execute(
+            update(Chatbot)
+            .where(Chatbot.id == document.chatbot_id, Chatbot.rebuild_pending.is_(True))
+            .values(rebuild_pending=False)
+        )
+        if _rowcount(flagged) == 1:
+            rebuild(document.chatbot_id)
+    # Last, so the customer's row is locked only until the commit that follows (and after
+    # the chatbot's, the order in which answers lock them). An ingestion turn is not a
+    # change of the customer: updated_at stays.
+    session.execute(
+        update(Customer)
+        .where(Customer.id == customer_id)
+        .values(last_ingest_at=now, updated_at=Customer.updated_at)
+    )
+    return Claim(
+        document_id=document.id,
+        chatbot_id=document.chatbot_id,
+        customer_id=customer_id,
+        filename=document.filename,
+        file_path=document.file_path,
+        file_type=document.file_type,
+        attempts=document.attempts,
+    )
 
 
 def _rowcount(result: Result[Any]) -> int:
@@ -201,12 +345,18 @@ def fail(
     *,
     retry: bool,
     max_attempts: int,
+    vectors_left: bool = False,
 ) -> DocumentStatus | None:
-    """Give the job back (transient error, attempts left) or end it `failed`."""
+    """Give the job back (transient error, attempts left) or end it `failed`. `vectors_left`:
+    the store could not delete what this attempt wrote; if the document ends `failed` they
+    are queued for deletion (a retry clears them itself before it writes)."""
     with db.session() as session:
-        attempts = session.scalar(select(Document.attempts).where(_owned(document_id, owner)))
-        if attempts is None:
+        job = session.execute(
+            select(Document.attempts, Document.chatbot_id).where(_owned(document_id, owner))
+        ).first()
+        if job is None:
             return None
+        attempts, chatbot_id = job
         status = (
             DocumentStatus.queued if retry and attempts < max_attempts else DocumentStatus.failed
         )
@@ -224,6 +374,8 @@ def fail(
                 processed_at=utcnow() if status == DocumentStatus.failed else None,
             )
         )
+        if vectors_left and status == DocumentStatus.failed:
+            session.add(PendingDeletion(chatbot_id=chatbot_id, document_id=document_id))
         return status
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.metrics import CHUNKS, INGESTED
-from app.ingest import queue
+from app.ingest import deletions, queue
 from app.models import DocumentStatus
 from app.rag.chunking import Chunk, chunk_sections
 from app.rag.embeddings import Embedder
@@ -25,6 +25,9 @@ from app.rag.extract import MSG_EMPTY, ExtractionError, ExtractorUnavailable, Sa
 from app.rag.vector_store import ChunkRecord, EmbeddingModelMismatch, VectorStore
 
 log = logging.getLogger("app.ingest")
+
+# A queue that never empties must not hold pending vector deletions back longer than this.
+SWEEP_EVERY_SECONDS = 60.0
 
 
 class JobLost(Exception):
@@ -48,6 +51,7 @@ class IngestWorker:
         self.sandbox = sandbox
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.wakeup = threading.Event()
+        self._sweep_due = time.monotonic() + SWEEP_EVERY_SECONDS
 
     # --- loop ---
     def run(self, stop: threading.Event) -> None:
@@ -64,18 +68,30 @@ class IngestWorker:
         log.info("ingest worker stopped", extra={"worker": self.name})
 
     def run_once(self) -> bool:
-        """Process one queued document; False when the queue is empty."""
-        claim = queue.claim_next(
+        """Process one queued document; when there is none, settle pending vector deletions.
+        False when there was nothing to do."""
+        if time.monotonic() >= self._sweep_due:
+            self.sweep()
+        claim = self.claim()
+        if claim is None:
+            return self.sweep() > 0
+        self.process(claim)
+        return True
+
+    def claim(self) -> queue.Claim | None:
+        return queue.claim_next(
             self.db,
             self.name,
             self.settings.INGEST_LEASE_SECONDS,
             self.settings.INGEST_MAX_ATTEMPTS,
+            max_per_customer=self.settings.INGEST_MAX_PER_CUSTOMER,
             rebuild=self.store.delete_chatbot,
         )
-        if claim is None:
-            return False
-        self.process(claim)
-        return True
+
+    def sweep(self) -> int:
+        """Delete the vectors that deletions left behind (the store was unavailable)."""
+        self._sweep_due = time.monotonic() + SWEEP_EVERY_SECONDS
+        return deletions.sweep_deletions(self.db, self.store)
 
     # --- one document ---
     def process(self, claim: queue.Claim) -> None:
@@ -176,13 +192,16 @@ class IngestWorker:
         deleted chatbot (our late writes may have recreated it); nothing of a document that
         another worker or a reindex now owns."""
         document_exists, chatbot_exists = queue.job_state(self.db, claim)
-        if not chatbot_exists:
-            self.store.delete_chatbot(claim.chatbot_id)
-        elif not document_exists:
-            self.store.delete_document(claim.chatbot_id, claim.document_id)
+        if document_exists:
+            return
+        document_id = claim.document_id if chatbot_exists else None
+        if not self._delete_vectors(claim, document_id):
+            deletions.record_deletion(self.db, claim.chatbot_id, document_id)
 
     def _fail(self, claim: queue.Claim, reason: str, *, retry: bool) -> None:
-        self.store.delete_document(claim.chatbot_id, claim.document_id)
+        """Record the failure even when the vector store is down: what this attempt wrote is
+        then queued for deletion, and the row never stays `processing`."""
+        vectors_left = not self._delete_vectors(claim, claim.document_id)
         status = queue.fail(
             self.db,
             claim.document_id,
@@ -190,7 +209,10 @@ class IngestWorker:
             reason,
             retry=retry,
             max_attempts=self.settings.INGEST_MAX_ATTEMPTS,
+            vectors_left=vectors_left,
         )
+        if status is None and vectors_left:  # the job was lost meanwhile (e.g. deleted)
+            self._drop(claim)
         INGESTED.labels(str(status.value) if status else "dropped").inc()
         level = logging.WARNING if status == DocumentStatus.failed else logging.INFO
         log.log(
@@ -198,6 +220,22 @@ class IngestWorker:
             "document not ingested",
             extra={"document_id": str(claim.document_id), "status": str(status), "reason": reason},
         )
+
+    def _delete_vectors(self, claim: queue.Claim, document_id: uuid.UUID | None) -> bool:
+        """Delete now; False (logged) when the store is unavailable."""
+        try:
+            deletions.remove_vectors(self.store, claim.chatbot_id, document_id)
+        except Exception as exc:  # the store's errors are many (connection, HTTP, Chroma)
+            log.warning(
+                "could not delete vectors",
+                extra={
+                    "document_id": str(claim.document_id),
+                    "worker": self.name,
+                    "error": f"{type(exc).__name__}: {exc}",
+                },
+            )
+            return False
+        return True
 
 
 class WorkerPool:

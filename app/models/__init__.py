@@ -13,6 +13,7 @@ from app.models.chat_history import ChatHistory
 from app.models.chatbot import Chatbot
 from app.models.customer import Customer
 from app.models.document import Document, DocumentStatus
+from app.models.ledger import PendingDeletion, TokenReservation
 from app.models.usage_token import UsageToken
 from app.models.user import Role, User
 
@@ -23,7 +24,9 @@ __all__ = [
     "ChatbotMonthlyUsage",
     "InvoiceCounter",
     "InvoiceStatus",
+    "PendingDeletion",
     "TokenCredit",
+    "TokenReservation",
     "ChatHistory",
     "Chatbot",
     "Customer",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import String
@@ -21,6 +22,11 @@ class Customer(UUIDPk, Timestamps, Base):
     billing_info: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     # The seed's running total of tokens used; kept equal to usage_tokens.tokens_used.
     usage_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Demo messages used across all of its chatbots, deleted ones included.
+    demo_messages_used: Mapped[int] = mapped_column(default=0, server_default="0")
+    # When one of its documents was last claimed for ingestion: the queue serves the
+    # customer served longest ago first.
+    last_ingest_at: Mapped[datetime | None]
 
     usage: Mapped[UsageToken | None] = relationship(
         back_populates="customer", uselist=False, lazy="raise"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -9,8 +11,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from app.core.db import get_database
+from app.core.deps import SettingsDep
+from app.core.errors import NotFound
+from app.core.schemas import errors
 
 router = APIRouter(tags=["operations"])
+log = logging.getLogger("app.ops")
 
 
 class Readiness(BaseModel):
@@ -34,8 +40,11 @@ def ready(request: Request) -> JSONResponse:
     for name, probe in getattr(request.app.state, "readiness_probes", {}).items():
         try:
             checks[name] = probe()
-        except Exception as exc:  # a probe failing is exactly what /ready reports
-            checks[name] = f"error: {type(exc).__name__}: {exc}"[:300]
+        except Exception:  # a probe failing is exactly what /ready reports
+            # The name of what failed, not the exception's text (it can hold hosts, paths,
+            # credentials); the log has the details.
+            log.warning("readiness check %s failed", name, exc_info=True)
+            checks[name] = "error"
     ok = all(value == "ok" for value in checks.values())
     return JSONResponse(
         {"status": "ready" if ok else "not_ready", "checks": checks},
@@ -48,10 +57,18 @@ def _check_database() -> str:
         with get_database().engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         return "ok"
-    except Exception as exc:
-        return f"error: {type(exc).__name__}"
+    except Exception:
+        log.warning("readiness check database failed", exc_info=True)
+        return "error"
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-def metrics() -> Response:
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (ENABLE_METRICS; else 404)",
+    response_class=Response,
+    responses=errors(404),
+)
+def metrics(settings: SettingsDep) -> Response:
+    if not settings.ENABLE_METRICS:
+        raise NotFound("No such endpoint; see /docs.")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

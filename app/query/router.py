@@ -6,6 +6,7 @@ from typing import Annotated
 from anyio import to_thread
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from app.auth.dependencies import QueryUser
 from app.chatbots.dependencies import OwnedChatbot
@@ -13,7 +14,7 @@ from app.core.db import DatabaseDep, SessionDep
 from app.core.deps import ClientIP, SettingsDep
 from app.core.schemas import Page, Pagination, errors
 from app.query import service
-from app.query.answering import SSE_HEADERS, answer_json, answer_stream
+from app.query.answering import SSE_HEADERS, StreamedAnswer, answer_json
 from app.query.dependencies import Tools
 from app.query.public import (
     QUERY_METHODS,
@@ -28,6 +29,7 @@ from app.query.schemas import (
     PublicChatbot,
     QueryRequest,
     QueryResponse,
+    sse_event_schema,
 )
 from app.query.service import Asker
 from app.runtime import LimiterDep
@@ -37,7 +39,7 @@ router = APIRouter(tags=["query"])
 _STREAM_DOC = {
     "content": {
         "text/event-stream": {
-            "schema": {"type": "string"},
+            "itemSchema": sse_event_schema(),
             "example": 'event: sources\ndata: [...]\n\nevent: token\ndata: {"text": "Hi"}\n\n'
             'event: done\ndata: {"usage": {...}, "message_id": "...", "session_id": "..."}\n\n',
         }
@@ -47,14 +49,40 @@ _STREAM_DOC = {
 PUBLIC_ERRORS = errors(401, 403, 404, 409, 402, 422, 429, 503)
 
 
+class AnswerStreamResponse(StreamingResponse):
+    """The SSE answer, closed whatever happens to the response: Starlette never starts the
+    body of a response whose client already left, and only `close()` settles that one."""
+
+    def __init__(self, answer: StreamedAnswer):
+        super().__init__(answer.events, media_type="text/event-stream", headers=SSE_HEADERS)
+        self.answer = answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.answer.close()
+
+
+# A JSON answer whose client left is not sent; this status only reaches the access log
+# (nginx's "client closed request").
+CLIENT_CLOSED_REQUEST = 499
+
+
 async def _answer(tools: Tools, asker: Asker, body: QueryRequest, request: Request) -> Response:
     session_id = body.session_id or uuid.uuid4().hex
     prepared = await to_thread.run_sync(service.prepare, tools, asker, body.question, session_id)
     if body.stream or "text/event-stream" in request.headers.get("accept", ""):
-        return StreamingResponse(
-            answer_stream(tools, prepared), media_type="text/event-stream", headers=SSE_HEADERS
-        )
-    result = await answer_json(tools, prepared)
+        return AnswerStreamResponse(StreamedAnswer(tools, prepared))
+
+    async def client_left() -> None:
+        # The body has been read: the next message is the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    result = await answer_json(tools, prepared, client_left)
+    if result is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     return JSONResponse(result.model_dump(mode="json"))
 
 
@@ -110,7 +138,9 @@ async def public_chatbot(
     # Every answer is readable by the asking origin: the refusal (403) is the information a
     # widget on the wrong site needs; the profile itself is only given to allowed origins.
     with public_errors(origin, READ_METHODS):
-        asker, profile = await to_thread.run_sync(service.load_public_profile, db, chatbot_id)
+        asker, profile = await to_thread.run_sync(
+            service.load_public_profile, db, settings, chatbot_id
+        )
         await to_thread.run_sync(
             lambda: service.check_public(
                 asker, limiter, settings, x_api_key, origin, ip, reading=True
@@ -155,7 +185,9 @@ async def public_query(
     )
     with public_errors(allowed_origin, QUERY_METHODS):
         await to_thread.run_sync(
-            service.check_public, asker, limiter, tools.settings, x_api_key, origin, ip
+            lambda: service.check_public(
+                asker, limiter, tools.settings, x_api_key, origin, ip, session_id=body.session_id
+            )
         )
         response = await _answer(tools, asker, body, request)
     if allowed_origin:
@@ -166,7 +198,7 @@ async def public_query(
 @router.post(
     "/api/{customer_id}/{chatbot_id}/query",
     response_model=QueryResponse,
-    responses={200: _STREAM_DOC, **errors(401, 402, 403, 404, 409, 422, 503)},
+    responses={200: _STREAM_DOC, **errors(401, 402, 403, 404, 409, 422, 429, 503)},
     summary="Ask one of your chatbots (JWT)",
 )
 async def customer_query(
@@ -185,7 +217,7 @@ async def customer_query(
     "/api/chatbots/{chatbot_id}/demo",
     response_model=DemoResponse,
     responses={200: _STREAM_DOC, **errors(401, 404, 409, 422, 429, 503)},
-    summary="Try a chatbot: 10 free messages per chatbot (JWT)",
+    summary="Try a chatbot: free messages (by default 10 per chatbot, 50 per customer) (JWT)",
 )
 async def demo_query(
     chatbot_id: uuid.UUID,

@@ -4,18 +4,26 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from app.core.schemas import NoNul, NotBlank, Schema, StripNoNul
 
 Mode = Literal["llm", "extractive", "fallback"]
-QUESTION_MAX_LENGTH = 2000
+# The hard cap of the schema; the deployment's limit is QUESTION_MAX_CHARS (default 2000,
+# at most this), checked by the query path (422 question_too_long).
+QUESTION_MAX_LENGTH = 10_000
 
 
 class QueryRequest(Schema):
     question: Annotated[
         str,
-        Field(min_length=1, max_length=QUESTION_MAX_LENGTH, examples=["When are you open?"]),
+        Field(
+            min_length=1,
+            max_length=QUESTION_MAX_LENGTH,
+            description="At most QUESTION_MAX_CHARS characters (default 2000; "
+            "`question_max_length` of GET /api/public/{chatbot_id}).",
+            examples=["When are you open?"],
+        ),
         StripNoNul,
         NotBlank,
     ]
@@ -28,7 +36,7 @@ class QueryRequest(Schema):
         ),
         NoNul,
     ] = None
-    stream: bool = Field(default=False, description="Answer as Server-Sent Events.")
+    stream: StrictBool = Field(default=False, description="Answer as Server-Sent Events.")
 
 
 class Source(Schema):
@@ -85,3 +93,47 @@ class PublicChatbot(Schema):
     name: str
     welcome_message: str | None
     question_max_length: int = Field(description="The longest question the query accepts.")
+
+
+# --- the Server-Sent Events of a streamed answer, as OpenAPI documents them ---
+
+
+class TokenEvent(Schema):
+    text: str = Field(description="The next piece of the answer.")
+
+
+class DoneEvent(Schema):
+    usage: Usage
+    message_id: uuid.UUID
+    session_id: str
+    mode: Mode
+    demo_messages_remaining: int | None = Field(default=None, description="Demo answers only.")
+
+
+def _event(name: str, content: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "properties": {
+            "event": {"const": name},
+            "data": {"contentMediaType": "application/json", "contentSchema": content},
+        }
+    }
+
+
+def sse_event_schema() -> dict[str, Any]:
+    """Each event of a streamed answer (`itemSchema`: one schema per event): `sources` (the
+    list), then `token`s, then `done`, or `error` instead of `done`."""
+    ref = "#/components/schemas/{model}"
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": ["sources", "token", "done", "error"]},
+            "data": {"type": "string"},
+        },
+        "oneOf": [
+            _event("sources", {"type": "array", "items": {"$ref": ref.format(model="Source")}}),
+            _event("token", TokenEvent.model_json_schema(ref_template=ref)),
+            _event("done", DoneEvent.model_json_schema(ref_template=ref)),
+            _event("error", {"$ref": ref.format(model="ErrorBody")}),
+        ],
+    }

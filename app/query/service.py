@@ -9,11 +9,18 @@ answer streams for seconds, and a pooled connection held while waiting for the L
 few slow answers starve the pool. Each step opens its own short transaction through
 `QueryTools.db` instead, and owns it:
 - admission reads the chatbot (and commits nothing);
-- `prepare` takes the reservation (the chatbot's month, then the balance, or a demo slot) in
-  one transaction, after retrieval, so a refused question holds no lock while embedding;
+- `prepare` reads the retrieved documents' status and the session's recent turns in one
+  short transaction, then takes the reservation (the chatbot's month, the chatbot's
+  concurrency, the balance, and a `TokenReservation` row; or a demo slot of the chatbot and
+  of the customer) in another, after retrieval, so a refused question holds no lock while
+  embedding;
 - `finish` settles the real count and writes the history row in one transaction, so
-  `tokens_used` always equals the history's sum; `abandon` gives the reservation back.
-Exactly one of `finish`/`abandon` runs for every prepared question (see answering.py).
+  `tokens_used` always equals the history's sum; `abandon` gives the reservation back. Both
+  delete the reservation row, and only what the deleted row held is given back, so a
+  reservation the sweep (`app.billing.service.sweep_reservations`) already returned is never
+  returned twice.
+Exactly one of `finish`/`abandon` runs for every prepared question (see answering.py); the
+sweep is the backstop for a process that died in between.
 
 Everything a step uses comes in `QueryTools` (built from the process's clients by
 `app/query/dependencies.py`), so tests and the CLI can call these functions without the app.
@@ -33,16 +40,20 @@ from sqlalchemy.orm import Session
 
 from app.billing.service import (
     adjust_chatbot_month,
+    answers_in_progress,
     month_of,
+    record_reservation,
     release_tokens,
     reserve_chatbot_month,
     reserve_tokens,
     settle_tokens,
+    take_reservation,
 )
 from app.chatbots.service import get_owned_chatbot
 from app.core.config import Settings
 from app.core.db import Database, paginate
 from app.core.errors import (
+    ChatbotBusy,
     Conflict,
     DemoLimitReached,
     Forbidden,
@@ -51,19 +62,23 @@ from app.core.errors import (
     MonthlyLimitReached,
     NotFound,
     OriginNotAllowed,
+    QuestionTooLong,
     RateLimited,
 )
 from app.core.metrics import ANSWERS, TOKENS
 from app.core.ratelimit import RateLimiter
 from app.core.schemas import PageParams
 from app.core.security import api_keys_match
-from app.models import Chatbot, ChatHistory
+from app.models import Chatbot, ChatHistory, Customer, Document, DocumentStatus
 from app.models.base import utcnow
-from app.query.schemas import QUESTION_MAX_LENGTH, PublicChatbot
+from app.query.schemas import PublicChatbot
 from app.rag.embeddings import Embedder
 from app.rag.llm import LLMClient
 from app.rag.prompting import Turn, build_messages, extractive_answer
 from app.rag.vector_store import EmbeddingModelMismatch, Hit, VectorStore
+
+# A busy chatbot's visitors are told to come back after this many seconds.
+BUSY_RETRY_SECONDS = 5
 
 
 class ReindexNeeded(Conflict):
@@ -154,7 +169,9 @@ def load_public_chatbot(db: Database, chatbot_id: uuid.UUID) -> Asker:
         return _asker(_public_chatbot(session, chatbot_id))
 
 
-def load_public_profile(db: Database, chatbot_id: uuid.UUID) -> tuple[Asker, PublicChatbot]:
+def load_public_profile(
+    db: Database, settings: Settings, chatbot_id: uuid.UUID
+) -> tuple[Asker, PublicChatbot]:
     """The chatbot for the widget's first request: who may ask, and what it shows."""
     with db.session() as session:
         chatbot = _public_chatbot(session, chatbot_id)
@@ -162,7 +179,7 @@ def load_public_profile(db: Database, chatbot_id: uuid.UUID) -> tuple[Asker, Pub
             chatbot_id=chatbot.id,
             name=chatbot.name,
             welcome_message=chatbot.welcome_message,
-            question_max_length=QUESTION_MAX_LENGTH,
+            question_max_length=settings.QUESTION_MAX_CHARS,
         )
         return _asker(chatbot), profile
 
@@ -176,29 +193,43 @@ def check_public(
     client_ip: str,
     *,
     reading: bool = False,
+    session_id: str | None = None,
 ) -> None:
     """After the chatbot is found (404), in the contract's order: 401, 403, 429. `reading`:
-    the widget's profile read, limited apart from questions."""
+    the widget's profile read, limited apart from questions. A question with a `session_id`
+    also counts against that conversation's daily limit."""
     chatbot_id = str(asker.chatbot_id)
     if not api_keys_match(api_key, asker.api_key):
         raise InvalidApiKey()
     if not origin_allowed(asker.allowed_origins, origin):
         raise OriginNotAllowed()
-    limits = (
-        [(settings.RATE_LIMIT_PUBLIC_READS, ("public-read", chatbot_id, client_ip))]
-        if reading
-        else [
-            (settings.RATE_LIMIT_PUBLIC_PER_CLIENT, ("public-client", chatbot_id, client_ip)),
-            (settings.RATE_LIMIT_PUBLIC_PER_CHATBOT, ("public-chatbot", chatbot_id)),
+    limits: list[tuple[str, tuple[str, ...], str]] = []
+    if reading:
+        limits.append(
+            (settings.RATE_LIMIT_PUBLIC_READS, ("public-read", chatbot_id, client_ip), "requests")
+        )
+    else:
+        # The narrowest first: a refused conversation does not use up the shared counters.
+        if session_id:
+            limits.append(
+                (
+                    settings.RATE_LIMIT_PUBLIC_PER_SESSION,
+                    ("public-session", chatbot_id, session_id),
+                    "questions in this conversation",
+                )
+            )
+        limits += [
+            (
+                settings.RATE_LIMIT_PUBLIC_PER_CLIENT,
+                ("public-client", chatbot_id, client_ip),
+                "questions in a short time",
+            ),
+            (settings.RATE_LIMIT_PUBLIC_PER_CHATBOT, ("public-chatbot", chatbot_id), "questions"),
         ]
-    )
-    for limit, key in limits:
+    for limit, key, what in limits:
         decision = limiter.hit(parse(limit), *key)
         if not decision.allowed:
-            raise RateLimited(
-                "Too many questions in a short time; retry later.",
-                retry_after=decision.retry_after,
-            )
+            raise RateLimited(f"Too many {what}; retry later.", retry_after=decision.retry_after)
 
 
 def admit_user(
@@ -220,12 +251,31 @@ def admit_user(
 # --- preparation ---
 
 
+def check_question(settings: Settings, question: str) -> None:
+    """The request schema caps a question at 10,000 characters; QUESTION_MAX_CHARS (at
+    most that) is the limit a deployment chose."""
+    if len(question) > settings.QUESTION_MAX_CHARS:
+        raise QuestionTooLong(
+            f"question: at most {settings.QUESTION_MAX_CHARS} characters are accepted; this "
+            f"one has {len(question)}.",
+            loc=("body", "question"),
+        )
+
+
 def prepare(tools: QueryTools, asker: Asker, question: str, session_id: str) -> Prepared:
     started = time.perf_counter()
     settings, db = tools.settings, tools.db
+    check_question(settings, question)
     hits = retrieve(tools, asker, question)
     with db.session() as session:
-        history = _recent_turns(session, asker.chatbot_id, session_id, settings.HISTORY_TURNS)
+        hits = citable(session, asker.chatbot_id, hits)
+        history = _recent_turns(
+            session,
+            asker.chatbot_id,
+            session_id,
+            settings.HISTORY_TURNS,
+            settings.HISTORY_MAX_CHARS,
+        )
     if not hits:
         mode, messages, answer = "fallback", [], settings.FALLBACK_MESSAGE
     elif tools.llm.configured:
@@ -248,23 +298,44 @@ def prepare(tools: QueryTools, asker: Asker, question: str, session_id: str) -> 
     )
     with db.session() as session:
         if asker.demo:
-            prepared.demo_remaining = take_demo_slot(session, asker.chatbot_id, settings)
+            prepared.demo_remaining = take_demo_slot(
+                session, asker.chatbot_id, asker.customer_id, settings
+            )
         elif reserve > 0:
-            # One transaction: the chatbot's month and the balance are both taken or neither.
-            month = month_of(utcnow())
-            limit = asker.monthly_token_limit
-            if not reserve_chatbot_month(session, asker.chatbot_id, month, reserve, limit):
-                raise MonthlyLimitReached(
-                    f"This chatbot has spent its monthly_token_limit ({limit} tokens) for "
-                    f"{month:%B %Y}; an admin can raise it, or it resets on the 1st (UTC)."
-                )
-            if not reserve_tokens(session, asker.customer_id, reserve):
-                raise InsufficientTokens(
-                    f"This question needs up to {reserve} tokens and the balance is lower; "
-                    "buy a token pack to continue."
-                )
-            prepared.reserved, prepared.month = reserve, month
+            prepared.month = reserve_answer(session, settings, asker, prepared.message_id, reserve)
+            prepared.reserved = reserve
     return prepared
+
+
+def reserve_answer(
+    session: Session, settings: Settings, asker: Asker, reservation_id: uuid.UUID, tokens: int
+) -> date:
+    """Take `tokens` for one answer, in the caller's transaction: the chatbot's month, a
+    place among its answers in progress, the balance, and the reservation row; all or none.
+    Returns the month the tokens were counted in."""
+    month = month_of(utcnow())
+    limit = asker.monthly_token_limit
+    if not reserve_chatbot_month(session, asker.chatbot_id, month, tokens, limit):
+        raise MonthlyLimitReached(
+            f"This chatbot has spent its monthly_token_limit ({limit} tokens) for "
+            f"{month:%B %Y}; an admin can raise it, or it resets on the 1st (UTC)."
+        )
+    # The upsert above holds this chatbot's month row until commit, so its reservers pass
+    # here one at a time (in every API process) and the count is exact.
+    busy = answers_in_progress(session, asker.chatbot_id, settings.RESERVATION_TTL_SECONDS)
+    if busy >= settings.MAX_CONCURRENT_ANSWERS_PER_CHATBOT:
+        raise ChatbotBusy(
+            f"This chatbot is already answering {busy} questions, its limit "
+            "(MAX_CONCURRENT_ANSWERS_PER_CHATBOT); retry in a few seconds.",
+            retry_after=BUSY_RETRY_SECONDS,
+        )
+    if not reserve_tokens(session, asker.customer_id, tokens):
+        raise InsufficientTokens(
+            f"This question needs up to {tokens} tokens and the balance is lower; "
+            "buy a token pack to continue."
+        )
+    record_reservation(session, reservation_id, asker.customer_id, asker.chatbot_id, month, tokens)
+    return month
 
 
 def retrieve(tools: QueryTools, asker: Asker, question: str) -> list[Hit]:
@@ -281,7 +352,38 @@ def retrieve(tools: QueryTools, asker: Asker, question: str) -> list[Hit]:
     return [h for h in hits if h.score >= tools.settings.MIN_SCORE]
 
 
-def _recent_turns(session: Session, chatbot_id: uuid.UUID, session_id: str, n: int) -> list[Turn]:
+def _document_id(hit: Hit) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(hit.metadata.get("document_id", "")))
+    except ValueError:
+        return None
+
+
+def citable(session: Session, chatbot_id: uuid.UUID, hits: list[Hit]) -> list[Hit]:
+    """Only passages of this chatbot's documents that exist and are `ready`: vectors a
+    deletion left behind (the store was down) or a failed ingestion wrote are never cited.
+    One query by primary key."""
+    ids = {doc_id for doc_id in map(_document_id, hits) if doc_id is not None}
+    if not ids:
+        return []
+    ready = set(
+        session.scalars(
+            select(Document.id).where(
+                Document.id.in_(ids),
+                Document.chatbot_id == chatbot_id,
+                Document.status == DocumentStatus.ready,
+            )
+        )
+    )
+    return [hit for hit in hits if _document_id(hit) in ready]
+
+
+def _recent_turns(
+    session: Session, chatbot_id: uuid.UUID, session_id: str, n: int, max_chars: int
+) -> list[Turn]:
+    """The session's last `n` turns within `max_chars` (HISTORY_MAX_CHARS: HISTORY_TURNS
+    alone would let a few long turns blow up the prompt and the reservation); the newest are
+    kept, and one that does not fit whole is cut."""
     if n <= 0:
         return []
     rows = session.execute(
@@ -290,7 +392,28 @@ def _recent_turns(session: Session, chatbot_id: uuid.UUID, session_id: str, n: i
         .order_by(ChatHistory.timestamp.desc())
         .limit(n)
     ).all()
-    return [Turn(q, a) for q, a in reversed(rows)]
+    return fit_history([Turn(q, a) for q, a in reversed(rows)], max_chars)
+
+
+def fit_history(turns: list[Turn], budget: int) -> list[Turn]:
+    """The newest turns whose questions and answers fit in `budget` characters together,
+    oldest first. When even the newest does not fit, it is cut to fit (a follow-up needs
+    it most)."""
+    kept: list[Turn] = []
+    for turn in reversed(turns):
+        size = len(turn.question) + len(turn.answer)
+        if size > budget:
+            if not kept and budget > 0:
+                question = _clip(turn.question, max(budget // 2, budget - len(turn.answer)))
+                kept.append(Turn(question, _clip(turn.answer, budget - len(question))))
+            break
+        kept.append(turn)
+        budget -= size
+    return kept[::-1]
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
 
 
 def count_tokens(embedder: Embedder, text: str) -> int:
@@ -313,7 +436,12 @@ def _cost(
     return estimated, math.ceil(estimated * 1.15) + 16 + tools.settings.LLM_MAX_TOKENS
 
 
-def take_demo_slot(session: Session, chatbot_id: uuid.UUID, settings: Settings) -> int:
+def take_demo_slot(
+    session: Session, chatbot_id: uuid.UUID, customer_id: uuid.UUID, settings: Settings
+) -> int:
+    """One demo message of the chatbot's DEMO_MESSAGE_LIMIT and of the customer's
+    DEMO_MESSAGES_PER_CUSTOMER (which deleting a chatbot does not give back), each one
+    guarded UPDATE, in the caller's transaction. Returns how many are left (the smaller)."""
     count = session.scalar(
         update(Chatbot)
         .where(Chatbot.id == chatbot_id, Chatbot.demo_message_count < settings.DEMO_MESSAGE_LIMIT)
@@ -326,7 +454,21 @@ def take_demo_slot(session: Session, chatbot_id: uuid.UUID, settings: Settings) 
             "use the query endpoints (tokens are charged) instead.",
             retry_after=3600,
         )
-    return settings.DEMO_MESSAGE_LIMIT - int(count)
+    allowance = settings.DEMO_MESSAGES_PER_CUSTOMER
+    used = session.scalar(
+        update(Customer)
+        .where(Customer.id == customer_id, Customer.demo_messages_used < allowance)
+        .values(demo_messages_used=Customer.demo_messages_used + 1)
+        .returning(Customer.demo_messages_used)
+    )
+    if used is None:
+        raise DemoLimitReached(
+            f"Your account has used its {allowance} free demo messages (all chatbots "
+            "together, deleted ones included); use the query endpoints (tokens are charged) "
+            "instead.",
+            retry_after=3600,
+        )
+    return min(settings.DEMO_MESSAGE_LIMIT - int(count), allowance - int(used))
 
 
 # --- settlement ---
@@ -348,19 +490,20 @@ def finish(
     TOKENS.labels("input", demo).inc(input_tokens)
     TOKENS.labels("output", demo).inc(output_tokens)
     with db.session() as session:
-        if not asker.demo and (prepared.reserved or input_tokens or output_tokens):
-            # Rows are locked in one order everywhere (the chatbot's month, then the
-            # balance), so concurrent questions wait for each other instead of deadlocking.
+        if not asker.demo:
+            # Rows are locked in one order everywhere (the reservation, the chatbot's month,
+            # the balance), so concurrent questions wait for each other instead of
+            # deadlocking. What the deleted row held is what is given back: 0 when the sweep
+            # already returned it.
+            reserved = take_reservation(session, prepared.message_id) if prepared.reserved else 0
             used = input_tokens + output_tokens
-            if prepared.month is None:  # nothing was reserved (e.g. counted afterwards)
-                reserve_chatbot_month(session, asker.chatbot_id, month_of(utcnow()), used, None)
-            else:
-                adjust_chatbot_month(
-                    session, asker.chatbot_id, prepared.month, used - prepared.reserved
-                )
-            settle_tokens(
-                session, asker.customer_id, prepared.reserved, input_tokens, output_tokens
-            )
+            if reserved and prepared.month is not None:
+                adjust_chatbot_month(session, asker.chatbot_id, prepared.month, used - reserved)
+            elif used:  # nothing (left) reserved: count it now
+                month = prepared.month or month_of(utcnow())
+                reserve_chatbot_month(session, asker.chatbot_id, month, used, None)
+            if reserved or used:
+                settle_tokens(session, asker.customer_id, reserved, input_tokens, output_tokens)
         session.add(
             ChatHistory(
                 id=prepared.message_id,
@@ -381,7 +524,8 @@ def finish(
 
 
 def abandon(db: Database, prepared: Prepared) -> None:
-    """The answer failed: give back the reservation (or the demo slot); nothing is charged."""
+    """The answer failed or its client left: give back the reservation (or the demo slots);
+    nothing is charged, nothing is written."""
     asker = prepared.asker
     ANSWERS.labels(prepared.mode, "failed").inc()
     with db.session() as session:
@@ -391,10 +535,17 @@ def abandon(db: Database, prepared: Prepared) -> None:
                 .where(Chatbot.id == asker.chatbot_id, Chatbot.demo_message_count > 0)
                 .values(demo_message_count=Chatbot.demo_message_count - 1)
             )
+            session.execute(
+                update(Customer)
+                .where(Customer.id == asker.customer_id, Customer.demo_messages_used > 0)
+                .values(demo_messages_used=Customer.demo_messages_used - 1)
+            )
         elif prepared.reserved:
-            if prepared.month is not None:  # the same lock order as finish
-                adjust_chatbot_month(session, asker.chatbot_id, prepared.month, -prepared.reserved)
-            release_tokens(session, asker.customer_id, prepared.reserved)
+            reserved = take_reservation(session, prepared.message_id)  # the same lock order
+            if reserved and prepared.month is not None:
+                adjust_chatbot_month(session, asker.chatbot_id, prepared.month, -reserved)
+            if reserved:
+                release_tokens(session, asker.customer_id, reserved)
 
 
 def source_dict(hit: Hit) -> dict[str, object]:

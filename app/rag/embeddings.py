@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+from app.core.errors import ServiceUnavailable
+
 log = logging.getLogger("app.rag.embeddings")
 
 PACKAGED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -24,8 +26,20 @@ TOKEN_CACHE_MAX_CHARS = 2_048
 _MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", PACKAGED_MINILM.lower()}
 
 
-class EmbeddingModelError(RuntimeError):
-    """The configured model cannot be loaded."""
+class EmbeddingModelError(ServiceUnavailable):
+    """The configured model cannot be loaded (yet): 503 until a background retry succeeds.
+    The message names the model for the log; clients get the generic detail."""
+
+    code = "model_unavailable"
+    default_detail = "The embedding model is not available right now; retry shortly."
+    public_detail = "This chatbot cannot answer right now; please try again later."
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.default_detail, headers={"Retry-After": "30"})
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def resolve_model(name: str) -> tuple[str, str]:
@@ -57,10 +71,15 @@ class Embedder:
         self._token_length: Callable[[str], int] | None = None
 
     # --- loading ---
-    def load(self) -> None:
+    def load(self, *, retry: bool = False) -> None:
+        """Load the model once. After a failure every caller fails at once (none waits for a
+        second slow attempt) until `load(retry=True)` (the runtime's background retry)
+        succeeds."""
         with self._lock:
             if self._model is not None:
                 return
+            if self._error is not None and not retry:
+                raise self._error
             try:
                 from sentence_transformers import SentenceTransformer
 
@@ -86,7 +105,9 @@ class Embedder:
     @property
     def model(self) -> SentenceTransformer:
         if self._model is None:
-            self.load()
+            if self._error is not None:
+                raise self._error
+            self.load()  # still loading at start-up: wait for it
         assert self._model is not None
         return self._model
 
@@ -98,7 +119,7 @@ class Embedder:
         if self._model is not None:
             return "ok"
         if self._error is not None:
-            return f"error: {self._error}"[:300]
+            return "error"  # the reason is in the log, not in /ready
         return "loading"
 
     @property

@@ -22,7 +22,18 @@ from chromadb.api.models.Collection import Collection
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import NotFoundError
 
+from app.core.errors import ServiceUnavailable
+
 log = logging.getLogger("app.rag.vector_store")
+
+
+class VectorStoreUnavailable(ServiceUnavailable):
+    code = "vector_store_unavailable"
+    default_detail = "The document store is unavailable right now; retry shortly."
+    public_detail = "This chatbot cannot answer right now; please try again later."
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": "5"})
 
 
 class EmbeddingModelMismatch(RuntimeError):
@@ -56,8 +67,8 @@ def collection_name(chatbot_id: uuid.UUID) -> str:
 
 
 class VectorStore:
-    def __init__(self, path: Path | None = None, url: str | None = None):
-        self._path, self._url = path, url
+    def __init__(self, path: Path | None = None, url: str | None = None, token: str | None = None):
+        self._path, self._url, self._token = path, url, token
         self._client: ClientAPI | None = None
         # Creating a collection is not atomic across threads in the embedded client.
         self._create_lock = threading.Lock()
@@ -73,7 +84,7 @@ class VectorStore:
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
-                    self._client = _make_client(self._path, self._url)
+                    self._client = _make_client(self._path, self._url, self._token)
         return self._client
 
     def heartbeat(self) -> str:
@@ -84,10 +95,11 @@ class VectorStore:
         handle = None if fresh else self._handles.get(chatbot_id)
         if handle is not None:
             return handle
+        # Connected outside the `try`: the client says "could not connect" with a ValueError,
+        # which must not pass for a missing collection (a deletion would seem done).
+        client = self.client
         try:
-            handle = self.client.get_collection(
-                collection_name(chatbot_id), embedding_function=None
-            )
+            handle = client.get_collection(collection_name(chatbot_id), embedding_function=None)
         except (NotFoundError, ValueError):
             self._handles.pop(chatbot_id, None)
             return None
@@ -138,6 +150,17 @@ class VectorStore:
         )
 
     def query(self, chatbot_id: uuid.UUID, model: str, embedding: list[float], k: int) -> list[Hit]:
+        """The top-k passages. A store that cannot be reached is a 503 for the asker (the
+        reason goes to the log), never a 500."""
+        try:
+            return self._hits(chatbot_id, model, embedding, k)
+        except EmbeddingModelMismatch:
+            raise
+        except Exception as exc:  # connection refused, timeouts, the server's HTTP errors
+            log.warning("vector store query failed: %s: %s", type(exc).__name__, exc)
+            raise VectorStoreUnavailable() from exc
+
+    def _hits(self, chatbot_id: uuid.UUID, model: str, embedding: list[float], k: int) -> list[Hit]:
         collection = self._collection(chatbot_id)
         if collection is None or (_model_differs(collection, model) and collection.count() == 0):
             return []
@@ -188,8 +211,9 @@ class VectorStore:
 
     def delete_chatbot(self, chatbot_id: uuid.UUID) -> None:
         self._handles.pop(chatbot_id, None)
+        client = self.client  # outside the `try`, as in `_collection`
         try:
-            self.client.delete_collection(collection_name(chatbot_id))
+            client.delete_collection(collection_name(chatbot_id))
         except (NotFoundError, ValueError):
             pass
 
@@ -205,14 +229,18 @@ def _check_model(collection: Collection, model: str) -> None:
         raise EmbeddingModelMismatch(str(stored), model)
 
 
-def _make_client(path: Path | None, url: str | None) -> ClientAPI:
+def _make_client(path: Path | None, url: str | None, token: str | None = None) -> ClientAPI:
     settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
     if url:
         parts = urlsplit(url)
+        # A bearer token on every request, for whatever guards the server (an authenticating
+        # proxy in front of it, or a hosted Chroma); the server itself has no users.
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         return chromadb.HttpClient(
             host=parts.hostname or "127.0.0.1",
             port=parts.port or (443 if parts.scheme == "https" else 8000),
             ssl=parts.scheme == "https",
+            headers=headers,
             settings=settings,
         )
     assert path is not None

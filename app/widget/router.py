@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
+from app.core.schemas import errors
 from app.widget.asset import widget_asset
 
 router = APIRouter(tags=["widget"])
@@ -22,6 +23,7 @@ _SHORT = "public, max-age=300"
     responses={
         200: {"content": {"text/javascript": {}}, "description": "The widget script"},
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
+        **errors(422),
     },
     summary="The embeddable chat widget (loaded by the snippet)",
 )

@@ -35,6 +35,8 @@ COMMANDS = [
     ["queue"],
     ["queue", "status"],
     ["queue", "retry"],
+    ["reservations"],
+    ["reservations", "sweep"],
 ]
 
 
@@ -165,7 +167,7 @@ def test_queue_status_and_retry(client, paused_workers, tmp_path, db_session):
     )
     db_session.commit()
     status = json.loads(run_cli("queue", "status", "--json").stdout)
-    assert status["counts"]["failed"] >= 1
+    assert status["counts"]["failed"] >= 1 and status["pending_deletions"] >= 0
     failed = {f["id"]: f for f in status["failed"]}
     assert failed[doc["id"]]["error"] == "The file is damaged."
     assert failed[doc["id"]]["filename"] == "q.txt"
@@ -197,3 +199,42 @@ def test_cli_reports_a_database_it_cannot_reach_in_one_line():
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "error: the database is unavailable (OperationalError)"
+
+
+def test_sweep_gives_back_reservations_their_request_never_settled(client, db_session):
+    from datetime import timedelta
+
+    from app.models import TokenReservation, UsageToken
+    from app.models.base import utcnow
+
+    tenant = register(client)
+    chatbot = create_chatbot(client, tenant)
+    customer_id = uuid.UUID(tenant.customer_id)
+    before = balance(db_session, tenant.customer_id)
+    # A reservation taken by a process that then died: the balance is down by it.
+    db_session.add(
+        TokenReservation(
+            id=uuid.uuid4(),
+            customer_id=customer_id,
+            chatbot_id=uuid.UUID(chatbot["id"]),
+            month=utcnow().date().replace(day=1),
+            tokens=1234,
+            created_at=utcnow() - timedelta(hours=2),
+        )
+    )
+    db_session.execute(
+        update(UsageToken)
+        .where(UsageToken.customer_id == customer_id)
+        .values(tokens_remaining=UsageToken.tokens_remaining - 1234)
+    )
+    db_session.commit()
+    assert balance(db_session, tenant.customer_id) == before - 1234
+    swept = json.loads(run_cli("reservations", "sweep", "--json").stdout)
+    assert swept["reservations"] >= 1 and swept["tokens"] >= 1234
+    assert balance(db_session, tenant.customer_id) == before
+    db_session.expire_all()
+    left = db_session.scalar(
+        select(TokenReservation.id).where(TokenReservation.customer_id == customer_id)
+    )
+    assert left is None
+    assert run_cli("reservations", "sweep", "--older-than", "5", check=2).returncode == 2

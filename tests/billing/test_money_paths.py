@@ -13,6 +13,7 @@ from sqlalchemy import func, select, update
 
 from app.billing.service import (
     adjust_chatbot_month,
+    record_reservation,
     release_tokens,
     reserve_chatbot_month,
     reserve_tokens,
@@ -20,7 +21,14 @@ from app.billing.service import (
 )
 from app.core.db import get_database
 from app.core.errors import DemoLimitReached
-from app.models import Chatbot, ChatbotMonthlyUsage, ChatHistory, Customer, UsageToken
+from app.models import (
+    Chatbot,
+    ChatbotMonthlyUsage,
+    ChatHistory,
+    Customer,
+    TokenReservation,
+    UsageToken,
+)
 from app.query.service import Asker, Prepared, abandon, finish, take_demo_slot
 from tests.factories import create_chatbot, register
 
@@ -132,19 +140,22 @@ def test_the_chatbot_month_admits_while_under_its_limit(funded):
 
 
 def test_demo_slots_are_counted_atomically_and_given_back(funded, settings):
-    _, chatbot_id = funded
+    customer_id, chatbot_id = funded
     db = get_database()
     remaining = []
     for _ in range(settings.DEMO_MESSAGE_LIMIT):
         with db.session() as session:
-            remaining.append(take_demo_slot(session, chatbot_id, settings))
+            remaining.append(take_demo_slot(session, chatbot_id, customer_id, settings))
     assert remaining == list(range(settings.DEMO_MESSAGE_LIMIT - 1, -1, -1))
-    with pytest.raises(DemoLimitReached), db.session() as session:
-        take_demo_slot(session, chatbot_id, settings)
+    with pytest.raises(DemoLimitReached, match="This chatbot"), db.session() as session:
+        take_demo_slot(session, chatbot_id, customer_id, settings)
     asker = _asker(funded, demo=True)
-    abandon(db, _prepared(asker, reserved=0))  # a failed demo answer gives its slot back
+    abandon(db, _prepared(asker, reserved=0))  # a failed demo answer gives its slots back
     with db.session() as session:
         assert session.get(Chatbot, chatbot_id).demo_message_count == (
+            settings.DEMO_MESSAGE_LIMIT - 1
+        )
+        assert session.get(Customer, customer_id).demo_messages_used == (
             settings.DEMO_MESSAGE_LIMIT - 1
         )
 
@@ -181,10 +192,12 @@ def test_finish_charges_and_writes_history_in_one_go_abandon_charges_nothing(fun
     customer_id, chatbot_id = funded
     db = get_database()
     asker = _asker(funded)
+    answered = _prepared(asker, reserved=40, month=MONTH)
     with db.session() as session:
         assert reserve_chatbot_month(session, chatbot_id, MONTH, 40, None)
         assert reserve_tokens(session, customer_id, 40)
-    finish(db, _prepared(asker, reserved=40, month=MONTH), "It costs 5.", 12, 4)
+        record_reservation(session, answered.message_id, customer_id, chatbot_id, MONTH, 40)
+    finish(db, answered, "It costs 5.", 12, 4)
     assert _balance(customer_id) == (84, 16, 12, 4, 16)
     assert _month(chatbot_id) == 16
     with db.session() as session:
@@ -192,12 +205,16 @@ def test_finish_charges_and_writes_history_in_one_go_abandon_charges_nothing(fun
         row = rows.one()
         assert (row.answer, row.input_tokens, row.output_tokens) == ("It costs 5.", 12, 4)
 
+    failed = _prepared(asker, reserved=30, month=MONTH)
     with db.session() as session:
         assert reserve_chatbot_month(session, chatbot_id, MONTH, 30, None)
         assert reserve_tokens(session, customer_id, 30)
-    abandon(db, _prepared(asker, reserved=30, month=MONTH))
+        record_reservation(session, failed.message_id, customer_id, chatbot_id, MONTH, 30)
+    abandon(db, failed)
     assert _balance(customer_id) == (84, 16, 12, 4, 16)
     assert _month(chatbot_id) == 16
+    abandon(db, failed)  # the row is the reservation: it is given back once
+    assert _balance(customer_id) == (84, 16, 12, 4, 16)
     with db.session() as session:
         count = session.scalar(
             select(func.count())
@@ -205,3 +222,5 @@ def test_finish_charges_and_writes_history_in_one_go_abandon_charges_nothing(fun
             .where(ChatHistory.chatbot_id == chatbot_id)
         )
         assert count == 1
+        reservations = select(func.count()).select_from(TokenReservation)
+        assert session.scalar(reservations.where(TokenReservation.chatbot_id == chatbot_id)) == 0

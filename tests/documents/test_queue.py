@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from app.core.db import get_database
 from app.ingest import queue
 from app.ingest.worker import IngestWorker
-from app.models import Document, DocumentStatus
+from app.models import Document, DocumentStatus, PendingDeletion
 from app.models.base import utcnow
 from app.rag.vector_store import VectorStore
 from tests import docgen
@@ -70,10 +70,17 @@ def test_expired_lease_is_claimed_again(client, paused_workers, tmp_path, db_ses
     doc = upload(client, tenant, bot["id"], docgen.make_txt(tmp_path / "l.txt", "Leased text."))
     doc_id = uuid.UUID(doc["id"])
     settings = runtime.settings
-    claim = queue.claim_next(get_database(), "crashed", settings.INGEST_LEASE_SECONDS, 3)
+    claim = queue.claim_next(
+        get_database(), "crashed", settings.INGEST_LEASE_SECONDS, 3, max_per_customer=2
+    )
     assert claim is not None and claim.document_id == doc_id
     # While the lease holds, nobody else gets it.
-    assert queue.claim_next(get_database(), "other", settings.INGEST_LEASE_SECONDS, 3) is None
+    assert (
+        queue.claim_next(
+            get_database(), "other", settings.INGEST_LEASE_SECONDS, 3, max_per_customer=2
+        )
+        is None
+    )
     with get_database().session() as session:
         session.execute(
             update(Document)
@@ -107,11 +114,19 @@ def test_worker_dying_too_often_ends_failed(client, paused_workers, tmp_path, db
                 lease_expires_at=utcnow() - timedelta(seconds=1),
             )
         )
-    _worker(runtime, "janitor").run_once()
+    janitor = _worker(runtime, "janitor")
+    assert janitor.claim() is None
     body = wait_for_document(client, tenant, bot["id"], doc["id"], timeout=10)
     assert body["status"] == "failed"
     assert "interrupted" in body["error"]
     assert db_session.get(Document, doc_id).lease_owner is None
+    # What the dead workers wrote is queued for deletion with the failure...
+    pending = select(PendingDeletion).where(PendingDeletion.document_id == doc_id)
+    assert [p.chatbot_id for p in db_session.scalars(pending)] == [uuid.UUID(bot["id"])]
+    # ...and the idle worker's sweep deletes those vectors.
+    assert janitor.run_once() is True
+    db_session.expire_all()
+    assert db_session.scalars(pending).all() == []
 
 
 def test_killed_worker_process_leaves_a_row_another_worker_completes(
@@ -185,14 +200,14 @@ def test_transient_failure_is_retried_after_a_pause(client, paused_workers, tmp_
     doc = upload(client, tenant, bot["id"], docgen.make_txt(tmp_path / "t.txt", "Transient."))
     doc_id = uuid.UUID(doc["id"])
     db = get_database()
-    claim = queue.claim_next(db, "flaky", 60, 3)
+    claim = queue.claim_next(db, "flaky", 60, 3, max_per_customer=2)
     assert claim is not None and claim.document_id == doc_id
     status = queue.fail(db, doc_id, "flaky", "Chroma was restarting.", retry=True, max_attempts=3)
     assert status == DocumentStatus.queued
     row = db_session.get(Document, doc_id)
     assert row.error == "Chroma was restarting." and row.lease_expires_at > utcnow()
     # Not claimable until the pause is over.
-    assert queue.claim_next(db, "eager", 60, 3) is None
+    assert queue.claim_next(db, "eager", 60, 3, max_per_customer=2) is None
     with db.session() as session:
         session.execute(
             update(Document)
@@ -231,15 +246,15 @@ def test_reindex_drops_the_collection_inside_the_first_claim_and_survives_a_fail
 
     db = get_database()
     with pytest.raises(ConnectionError):
-        queue.claim_next(db, "worker-x", 60, 3, rebuild=unavailable)
+        queue.claim_next(db, "worker-x", 60, 3, max_per_customer=2, rebuild=unavailable)
     db_session.expire_all()
     rows = db_session.scalars(select(Document).where(Document.chatbot_id == chatbot_id)).all()
     assert {r.status for r in rows} == {DocumentStatus.queued}  # the claim was rolled back
     assert db_session.get(Chatbot, chatbot_id).rebuild_pending is True  # and the request kept
 
     dropped: list[uuid.UUID] = []
-    first = queue.claim_next(db, "worker-y", 60, 3, rebuild=dropped.append)
-    second = queue.claim_next(db, "worker-y", 60, 3, rebuild=dropped.append)
+    first = queue.claim_next(db, "worker-y", 60, 3, max_per_customer=2, rebuild=dropped.append)
+    second = queue.claim_next(db, "worker-y", 60, 3, max_per_customer=2, rebuild=dropped.append)
     assert first is not None and second is not None
     assert {first.chatbot_id, second.chatbot_id} == {chatbot_id}
     assert dropped == [chatbot_id]  # once, by the first claim only

@@ -12,25 +12,9 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
-from app.models import Chatbot, ChatHistory, UsageToken
-from tests import docgen
-from tests.factories import create_chatbot, register, upload, wait_for_document
+from app.models import Chatbot, ChatHistory, Customer, UsageToken
+from tests.factories import create_chatbot, register
 from tests.fake_llm import prompt_tokens
-
-FACTS = (
-    "Acme support is open Monday to Friday from 9:00 to 17:00 Central European Time.\n\n"
-    "Returns are accepted within 30 days of delivery when the item is unused.\n\n"
-    "The Acme Turbo blender has a 1200 watt motor and a two year warranty."
-)
-
-
-@pytest.fixture
-def bot(client, runtime, tmp_path):  # type: ignore[no-untyped-def]
-    tenant = register(client)
-    chatbot = create_chatbot(client, tenant, system_prompt="You are Acme's support bot.")
-    doc = upload(client, tenant, chatbot["id"], docgen.make_txt(tmp_path / "faq.txt", FACTS))
-    assert wait_for_document(client, tenant, chatbot["id"], doc["id"])["status"] == "ready"
-    return tenant, chatbot, doc
 
 
 def _public(live_url: str, chatbot: dict, body: dict, **headers: str) -> httpx.Response:
@@ -424,6 +408,7 @@ def test_demo_lets_exactly_ten_through(bot, fake_llm, live_url, db_session):
     assert codes == [200] * 10 + [429] * 5
     limited = [r for r in responses if r.status_code == 429]
     assert all(r.json()["code"] == "demo_limit_reached" for r in limited)
+    assert all(r.json()["detail"].startswith("This chatbot has used its 10") for r in limited)
     assert all("retry-after" in r.headers for r in limited)
     remaining = sorted(
         r.json()["demo_messages_remaining"] for r in responses if r.status_code == 200
@@ -453,6 +438,7 @@ def test_failed_demo_message_does_not_count(bot, fake_llm, live_url, db_session)
     assert response.status_code == 503
     db_session.expire_all()
     assert db_session.get(Chatbot, uuid.UUID(chatbot["id"])).demo_message_count == 0
+    assert db_session.get(Customer, uuid.UUID(tenant.customer_id)).demo_messages_used == 0
 
 
 def test_extractive_mode_without_llm_key(bot, live_url, db_session, runtime):
@@ -537,7 +523,7 @@ def test_public_rate_limit_and_burst(client, live_url, settings, limiter_clock):
     [
         {"question": ""},
         {"question": "   "},
-        {"question": "x" * 2001},
+        {"question": "x" * 10_001},  # the schema's hard cap; QUESTION_MAX_CHARS is below it
         {"question": "nul\x00here"},
         {"question": "ok", "session_id": "bad id!"},
         {"question": "ok", "session_id": "s" * 65},

@@ -32,9 +32,12 @@ def test_embeddings_are_normalised_and_e5_prefixes_apply(runtime, monkeypatch):
 
 def test_unloadable_model_fails_clearly_and_fast():
     embedder = Embedder("no-such-org/no-such-model")
-    with pytest.raises(EmbeddingModelError, match="minilm"):
+    with pytest.raises(EmbeddingModelError, match="minilm") as failure:
         embedder.load()
-    assert embedder.status().startswith("error: cannot load embedding model")
+    # The log gets the model and the way out; clients a 503 without either.
+    assert "no-such-org/no-such-model" in str(failure.value)
+    assert failure.value.status_code == 503 and "no-such-org" not in failure.value.detail
+    assert embedder.status() == "error"
 
 
 def test_collection_refuses_another_model(tmp_path):
