@@ -106,9 +106,6 @@ class Cluster:
     def api2(self) -> httpx.Client:
         return self.clients[1]
 
-    def worker_pid(self, name: str) -> int:
-        return next(int(w["pid"]) for w in self.state["workers"] if w["name"] == name)
-
     @property
     def worker_pids(self) -> dict[int, str]:
         return {int(w["pid"]): w["name"] for w in self.state["workers"]}
@@ -151,15 +148,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     state_file = tmp / "state.json"
     output = tmp / "cluster.out"
     local_chroma = tmp / "local-chroma"
+    ports: set[int] = set()
+    while len(ports) < 3:
+        ports.add(free_port())
+    api1_port, api2_port, chroma_port = sorted(ports)
     env = {
         **os.environ,
         "CLUSTER_DIR": str(tmp / "data"),
         "CLUSTER_DB": database,
         "CLUSTER_POSTGRES_URL": server.rstrip("/"),
         "CLUSTER_REDIS_URL": f"{REDIS_SERVER}/{REDIS_DB}",
-        "CLUSTER_API1_PORT": str(free_port()),
-        "CLUSTER_API2_PORT": str(free_port()),
-        "CLUSTER_CHROMA_PORT": str(free_port()),
+        "CLUSTER_API1_PORT": str(api1_port),
+        "CLUSTER_API2_PORT": str(api2_port),
+        "CLUSTER_CHROMA_PORT": str(chroma_port),
         "CLUSTER_READY_SECONDS": "150",
         "CLUSTER_STOP_SECONDS": "20",
         "RATE_LIMIT_KEY_PREFIX": prefix,
