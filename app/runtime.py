@@ -45,7 +45,7 @@ class Runtime:
             embedder=embedder,
             store=store,
             llm=LLMClient(settings),
-            limiter=RateLimiter(settings.RATE_LIMIT_STORAGE_URL),
+            limiter=RateLimiter(settings.RATE_LIMIT_STORAGE_URL, settings.RATE_LIMIT_KEY_PREFIX),
             sandbox=sandbox,
         )
 
@@ -108,7 +108,11 @@ class Runtime:
         await anyio.to_thread.run_sync(self.sandbox.close)
 
     def readiness_probes(self) -> dict[str, object]:
-        return {"vector_store": self.store.heartbeat, "embedding_model": self.embedder.status}
+        return {
+            "vector_store": self.store.heartbeat,
+            "embedding_model": self.embedder.status,
+            **self.limiter.probes(),
+        }
 
 
 def build_ingestion_clients(settings: Settings) -> tuple[Embedder, VectorStore, Sandbox]:

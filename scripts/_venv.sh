@@ -11,6 +11,10 @@ ensure_requirements() {
   local file=$1 stamp=.venv/.installed-$(basename "$1")
   local want
   want=$(cat requirements*.txt | sha256sum | cut -d' ' -f1)
+  # requirements-dev.txt pins everything requirements.txt does, at the same versions.
+  if [ "$file" = requirements.txt ] && [ "$(cat .venv/.installed-requirements-dev.txt 2>/dev/null)" = "$want" ]; then
+    return 0
+  fi
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "Installing $file into .venv (first run takes a few minutes)..." >&2
     .venv/bin/pip install -q -r "$file"

@@ -144,6 +144,9 @@ class Settings(BaseSettings):
 
     # --- rate limits ---
     RATE_LIMIT_STORAGE_URL: str = "memory://"
+    # Every key this deployment writes to a Redis storage starts with it (and "reset" deletes
+    # only those): give deployments or test runs that share one Redis database their own.
+    RATE_LIMIT_KEY_PREFIX: str = Field(default="LIMITS", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     RATE_LIMIT_PUBLIC_PER_CLIENT: str = "60/minute"
     RATE_LIMIT_PUBLIC_PER_CHATBOT: str = "600/minute"
     # The widget's profile read (GET /api/public/{id}), once per page view, per key + client IP.

@@ -36,6 +36,7 @@ from app.core.errors import (
     RequestTooLarge,
     ValidationFailed,
 )
+from app.core.ratelimit import storage_errors
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -335,9 +336,10 @@ class UploadSlots:
 
     def acquire(self, customer_id: uuid.UUID) -> bool:
         key = self.key(customer_id)
-        if self.storage.incr(key, self.ttl) <= self.limit:
-            return True
-        self.release(customer_id)
+        with storage_errors():  # Redis unreachable: 503, not an unchecked upload
+            if self.storage.incr(key, self.ttl) <= self.limit:
+                return True
+            self.release(customer_id)
         return False
 
     def release(self, customer_id: uuid.UUID) -> None:
@@ -375,4 +377,17 @@ class UploadSlots:
             yield
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.release, customer_id)
+                await anyio.to_thread.run_sync(self._release_after_upload, customer_id)
+
+    def _release_after_upload(self, customer_id: uuid.UUID) -> None:
+        """The upload's outcome stands whatever happens here: a slot the storage could not
+        take back (Redis gone meanwhile) is freed when its counter expires."""
+        try:
+            self.release(customer_id)
+        except Exception as exc:
+            log.warning(
+                "could not give back an upload slot; it expires in %s s: %s: %s",
+                self.ttl,
+                type(exc).__name__,
+                exc,
+            )
