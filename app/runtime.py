@@ -125,6 +125,7 @@ def build_ingestion_clients(settings: Settings) -> tuple[Embedder, VectorStore, 
         path=None if settings.CHROMA_URL else settings.CHROMA_PATH,
         url=settings.CHROMA_URL,
         token=settings.CHROMA_AUTH_TOKEN,
+        handle_cache_size=settings.CHROMA_HANDLE_CACHE_SIZE,
     )
     sandbox = Sandbox(
         timeout_s=settings.EXTRACT_TIMEOUT_SECONDS,

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     CHROMA_PATH: Path = Path("chroma_dbs")
     CHROMA_URL: str | None = None
     CHROMA_AUTH_TOKEN: str | None = None
+    # Chroma collection handles kept per process (least recently used dropped first).
+    CHROMA_HANDLE_CACHE_SIZE: int = Field(default=1000, ge=0)
 
     @field_validator(
         "CHROMA_URL",
