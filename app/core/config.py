@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     INGEST_POLL_SECONDS: float = Field(default=1.0, gt=0)
     INGEST_LEASE_SECONDS: int = Field(default=300, ge=5)
     INGEST_MAX_ATTEMPTS: int = Field(default=3, ge=1)
+    # A standalone worker (`python -m app.ingest`) serves its Prometheus metrics on this port
+    # (0: off), on WORKER_METRICS_HOST (loopback unless the scraper is on another machine).
+    WORKER_METRICS_PORT: int = Field(default=0, ge=0, le=65535)
+    WORKER_METRICS_HOST: str = "127.0.0.1"
     EXTRACT_TIMEOUT_SECONDS: int = Field(default=120, ge=1)
     EXTRACT_MAX_MEMORY_MB: int = Field(default=2048, ge=128)
     PDF_MAX_PAGES: int = Field(default=2000, ge=1)

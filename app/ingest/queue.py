@@ -436,6 +436,31 @@ def queue_status(session: Session, failed_limit: int = 50) -> QueueStatus:
     )
 
 
+@dataclass(frozen=True)
+class Backlog:
+    queued: int
+    processing: int
+    oldest_queued_seconds: float | None
+
+
+def backlog(session: Session) -> Backlog:
+    """What /metrics shows of the queue, in one query on (status, uploaded_at)."""
+    counts, oldest = {}, None
+    for status, count, first in session.execute(
+        select(Document.status, func.count(), func.min(Document.uploaded_at))
+        .where(Document.status.in_((DocumentStatus.queued, DocumentStatus.processing)))
+        .group_by(Document.status)
+    ).all():
+        counts[DocumentStatus(status)] = int(count)
+        if status == DocumentStatus.queued:
+            oldest = first
+    return Backlog(
+        queued=counts.get(DocumentStatus.queued, 0),
+        processing=counts.get(DocumentStatus.processing, 0),
+        oldest_queued_seconds=(utcnow() - oldest).total_seconds() if oldest else None,
+    )
+
+
 def retry_failed(session: Session, document_ids: list[uuid.UUID] | None = None) -> int:
     """Queue failed documents again with fresh attempts (all of them when no ids are given)."""
     scope = update(Document).where(Document.status == DocumentStatus.failed)
