@@ -127,6 +127,20 @@ def test_every_metric_in_the_dashboard_is_exported(client):
     assert used <= exported, used - exported
 
 
+def test_api_docs_list_every_metric_of_the_product(client):
+    docs = (REPO / "API_DOCS.md").read_text()
+    section = docs[docs.index("### GET /metrics") : docs.index("### GET /widget.js")]
+    families = {
+        f.name
+        for f in text_string_to_metric_families(client.get("/metrics").text)
+        if not f.name.startswith(("process_", "python_")) and not f.name.endswith("_created")
+    }
+    assert "chatbot_query_seconds" in families and "ingest_queue_oldest_seconds" in families
+    for name in families:
+        # Counters are documented by their sample name (`..._total`).
+        assert f"`{name}`" in section or f"`{name}_total`" in section, name
+
+
 def test_standalone_worker_serves_its_counters(settings):
     port = free_port()
     # The app's own database, uploads and store: if it claims a document, it is one more

@@ -20,7 +20,7 @@ LLM_SECONDS = Histogram(
 QUERY_SECONDS = Histogram(
     "chatbot_query_seconds",
     "The query path by stage: embed (the question), search (the vector store), first_token "
-    "and total (from the question's arrival to the answer's first token, and to its end)",
+    "and total (from the start of answering to the answer's first token, and to its end)",
     ["stage"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
