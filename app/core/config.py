@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     INGEST_POLL_SECONDS: float = Field(default=1.0, gt=0)
     INGEST_LEASE_SECONDS: int = Field(default=300, ge=5)
     INGEST_MAX_ATTEMPTS: int = Field(default=3, ge=1)
+    # Small documents of one customer a worker claims in one turn and embeds together, and
+    # the most their uploads may weigh together (a larger document is claimed alone).
+    INGEST_BATCH_DOCUMENTS: int = Field(default=16, ge=1)
+    INGEST_BATCH_BYTES: int = Field(default=262_144, ge=0)
+    # Claim and extract a worker's next turn while it embeds the current one.
+    INGEST_PREFETCH: bool = True
     EXTRACT_TIMEOUT_SECONDS: int = Field(default=120, ge=1)
     EXTRACT_MAX_MEMORY_MB: int = Field(default=2048, ge=128)
     PDF_MAX_PAGES: int = Field(default=2000, ge=1)
