@@ -71,6 +71,9 @@ class IngestWorker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.wakeup = threading.Event()
         self._sweep_due = time.monotonic() + SWEEP_EVERY_SECONDS
+        # Documents of the next turn, claimed ahead: their leases are renewed with this turn's.
+        self._ahead: set[uuid.UUID] = set()
+        self._ahead_lock = threading.Lock()
 
     # --- loop ---
     def run(self, stop: threading.Event) -> None:
@@ -78,9 +81,10 @@ class IngestWorker:
         ahead: Future[list[Job] | None] | None = None
         with ThreadPoolExecutor(1, thread_name_prefix=f"prefetch-{self.name}") as prefetch:
             while not stop.is_set():
+                pending, ahead = ahead, None
                 try:
                     worked, ahead = self._step(
-                        ahead, prefetch if self.settings.INGEST_PREFETCH else None
+                        pending, prefetch if self.settings.INGEST_PREFETCH else None
                     )
                 except Exception:  # the loop must survive anything (e.g. the database restarting)
                     log.exception("ingest worker iteration failed", extra={"worker": self.name})
@@ -102,7 +106,7 @@ class IngestWorker:
         jobs = ahead.result() if ahead is not None else self.prepare()
         if jobs is None:
             return self.sweep() > 0, None
-        following = prefetch.submit(self.prepare) if prefetch is not None else None
+        following = prefetch.submit(self.prepare, ahead=True) if prefetch is not None else None
         try:
             self.finish(jobs)
         except BaseException:
@@ -157,9 +161,13 @@ class IngestWorker:
         """Process one claimed document."""
         self.finish(self.extract([claim]))
 
-    def prepare(self) -> list[Job] | None:
-        """Claim a turn and extract its documents; None when nothing was claimed."""
+    def prepare(self, *, ahead: bool = False) -> list[Job] | None:
+        """Claim a turn and extract its documents; None when nothing was claimed. `ahead`:
+        while another turn is processed, which renews these leases too."""
         claims = self.claim_batch()
+        if ahead:
+            with self._ahead_lock:
+                self._ahead = {claim.document_id for claim in claims}
         return self.extract(claims) if claims else None
 
     def extract(self, claims: list[queue.Claim]) -> list[Job]:
@@ -195,6 +203,8 @@ class IngestWorker:
         """Embed the jobs' chunks in shared steps of max(4 x batch, 32), store each step,
         renew every lease and record progress after it; complete each document as soon as
         its last chunk is stored."""
+        with self._ahead_lock:
+            self._ahead -= {job.claim.document_id for job in jobs}
         live = self._renew(jobs)  # prefetched leases are renewed before the work starts
         pieces = [(job, chunk) for job in live for chunk in job.chunks]
         step = max(4 * self.embedder.batch_size, 32)
@@ -213,12 +223,14 @@ class IngestWorker:
     def _renew(self, jobs: list[Job]) -> list[Job]:
         """Progress and leases of the jobs; those no longer ours (deleted, reindexed, taken
         over) are dropped."""
-        if not jobs:
+        with self._ahead_lock:
+            waiting = dict.fromkeys(self._ahead, 0.0)
+        if not jobs and not waiting:
             return []
         ours = queue.heartbeats(
             self.db,
             self.name,
-            {job.claim.document_id: job.progress for job in jobs},
+            {**waiting, **{job.claim.document_id: job.progress for job in jobs}},
             self.settings.INGEST_LEASE_SECONDS,
         )
         for job in jobs:
