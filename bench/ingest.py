@@ -22,8 +22,9 @@ txt, md, html, csv, docx and pdf in turn; 30 of them make about 1,500 chunks.
 
 ``--small``: the 48 XQuAD articles of ``../shared/eval`` (``xquad/derived/articles.<lang>.md``,
 as bench/retrieval.py reads them), one Markdown file per article (about five passages each,
-240 in all), uploaded at once (4 at a time, the server's default per customer) to a server on PostgreSQL: the fixed costs per
-document (claim, extraction, Chroma write, completion) weigh most there.
+240 in all), uploaded at once (4 at a time, the server's default limit per customer) to a
+server on PostgreSQL: the fixed costs per document (claim, extraction, Chroma write,
+completion) weigh most there.
 
 On 2 cores, any other busy process skews both rates. Every timed phase reports the share of
 the CPU that other processes used (from /proc/stat) and the result is flagged when it exceeds
@@ -334,6 +335,7 @@ def _upload_all(
     from concurrent.futures import ThreadPoolExecutor
 
     rows: dict[str, dict[str, Any]] = {}
+
     def send(path: Path) -> Any:
         for _ in range(100):  # as a client does when told to wait for its other uploads
             response = server.upload(tenant, chatbot_id, path)
