@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     # (0: off), on WORKER_METRICS_HOST (loopback unless the scraper is on another machine).
     WORKER_METRICS_PORT: int = Field(default=0, ge=0, le=65535)
     WORKER_METRICS_HOST: str = "127.0.0.1"
+    # Small documents of one customer a worker claims in one turn and embeds together, and
+    # the most their uploads may weigh together (a larger document is claimed alone).
+    INGEST_BATCH_DOCUMENTS: int = Field(default=16, ge=1)
+    INGEST_BATCH_BYTES: int = Field(default=262_144, ge=0)
+    # Claim and extract a worker's next turn while it embeds the current one.
+    INGEST_PREFETCH: bool = True
     EXTRACT_TIMEOUT_SECONDS: int = Field(default=120, ge=1)
     EXTRACT_MAX_MEMORY_MB: int = Field(default=2048, ge=128)
     PDF_MAX_PAGES: int = Field(default=2000, ge=1)

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import chromadb
@@ -253,6 +253,17 @@ class VectorStore:
         collection = self._collection(chatbot_id, fresh=True)
         if collection is not None:
             collection.delete(where={"document_id": str(document_id)})
+
+    def delete_documents(self, chatbot_id: uuid.UUID, document_ids: Sequence[uuid.UUID]) -> None:
+        """`delete_document` for several documents of one chatbot, in one call."""
+        if len(document_ids) == 1:
+            self.delete_document(chatbot_id, document_ids[0])
+            return
+        collection = self._collection(chatbot_id, fresh=True)
+        if collection is not None and document_ids:
+            ids: list[str | int | float | bool] = [str(d) for d in document_ids]
+            among: dict[Literal["$in", "$nin"], list[str | int | float | bool]] = {"$in": ids}
+            collection.delete(where={"document_id": among})
 
     def delete_chatbot(self, chatbot_id: uuid.UUID) -> None:
         self._handles.pop(chatbot_id)
