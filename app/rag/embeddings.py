@@ -193,6 +193,10 @@ class Embedder:
     def embed_query(self, text: str) -> list[float]:
         return self._encode([f"query: {text}" if self.is_e5 else text])[0]
 
+    def embed_queries(self, texts: Sequence[str]) -> list[list[float]]:
+        """Several questions in one call (one batch through the backend): `embed_query` each."""
+        return self._encode([f"query: {t}" if self.is_e5 else t for t in texts])
+
     def _encode(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
