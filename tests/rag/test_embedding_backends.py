@@ -50,15 +50,18 @@ def _vectors(embedder: Embedder) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("backend", "quantize", "min_cosine"),
+    ("backend", "quantize", "min_cosine", "batch_cosine"),
     [
-        ("onnx", "none", 0.99999),
-        ("openvino", "none", 0.99999),
-        ("onnx", "int8", 0.97),
-        ("openvino", "int8", 0.98),
+        ("onnx", "none", 0.99999, 0.9999),
+        ("openvino", "none", 0.99999, 0.9999),
+        # Dynamic quantization scales activations per batch: a batch changes the vectors a bit.
+        ("onnx", "int8", 0.97, 0.98),
+        ("openvino", "int8", 0.98, 0.9999),
     ],
 )
-def test_each_backend_agrees_with_torch(cache_dir, torch_vectors, backend, quantize, min_cosine):
+def test_each_backend_agrees_with_torch(
+    cache_dir, torch_vectors, backend, quantize, min_cosine, batch_cosine
+):
     embedder = Embedder("minilm", backend=backend, quantize=quantize, cache_dir=cache_dir)
     embedder.load()
     assert embedder.backend == Variant(backend, quantize).label
@@ -72,9 +75,9 @@ def test_each_backend_agrees_with_torch(cache_dir, torch_vectors, backend, quant
         assert cosines.mean() > 0.99, cosines
     assert cosines.min() > min_cosine, cosines
     # The ranking a question sees is torch's: its best passage is the same.
-    # One batch of questions: the same vectors (int8 ONNX scales activations per batch).
+    # One batch of questions: the same vectors as one at a time.
     together = np.asarray(embedder.embed_queries(QUESTIONS))
-    assert (together * vectors[-2:]).sum(axis=1).min() > (0.9999 if quantize == "none" else 0.995)
+    assert (together * vectors[-2:]).sum(axis=1).min() > batch_cosine
     assert list(np.argmax(vectors[-2:] @ vectors[:-2].T, axis=1)) == list(
         np.argmax(torch_vectors[-2:] @ torch_vectors[:-2].T, axis=1)
     )
