@@ -134,7 +134,7 @@ def report(results: list[dict[str, Any]], langs: list[str]) -> dict[str, Any]:
     rows = []
     print(
         f"\n{'variant':<15}{'served by':<15}{'lang':<6}{'passages/s':>11}{'ratio':>7}"
-        f"{'query p50':>11}{'ratio':>7}{'aic@5':>8}{'vs torch':>10}{'others':>8}"
+        f"{'query p50':>11}{'ratio':>9}{'aic@5':>8}{'vs torch':>10}{'others':>8}"
     )
     for result in results:
         worst = 0.0
@@ -149,7 +149,7 @@ def report(results: list[dict[str, Any]], langs: list[str]) -> dict[str, Any]:
             print(
                 f"{result['variant']:<15}{result['served_by']:<15}{lang:<6}"
                 f"{row['passages_per_second']:>11.1f}{speed:>6.2f}x"
-                f"{row['query_p50_ms']:>9.1f}ms{latency:>6.2f}x"
+                f"{row['query_p50_ms']:>9.1f}ms{latency:>8.2f}x"
                 f"{row['answer_in_context_at_5']:>8.4f}{100 * change:>+9.2f}%"
                 f"{100 * row['other_cpu_share']:>7.0f}%"
             )
