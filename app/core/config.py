@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     EMBEDDING_MODEL: str = "intfloat/multilingual-e5-large"
     EMBEDDING_DEVICE: str = "cpu"
     EMBEDDING_BATCH_SIZE: int = Field(default=32, ge=1)
+    # What computes the vectors on CPU: torch, or an ONNX Runtime / OpenVINO export of the same
+    # model built once into EMBEDDING_CACHE_DIR (`python -m app.cli embeddings build`, else on
+    # first load); a backend that cannot be built or loaded falls back to torch (one log line).
+    EMBEDDING_BACKEND: Literal["torch", "onnx", "openvino"] = "openvino"
+    # int8: OpenVINO statically quantized on shipped calibration passages, ONNX dynamically.
+    EMBEDDING_QUANTIZE: Literal["none", "int8"] = "int8"
+    EMBEDDING_CACHE_DIR: Path = Path("embedding_cache")
 
     # --- answering ---
     FIREWORKS_API_KEY: str | None = None
@@ -185,6 +192,11 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.CHUNK_SIZE and self.CHUNK_OVERLAP and self.CHUNK_OVERLAP >= self.CHUNK_SIZE:
             raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
+        if self.EMBEDDING_BACKEND == "torch" and self.EMBEDDING_QUANTIZE != "none":
+            raise ValueError(
+                "EMBEDDING_QUANTIZE=int8 needs EMBEDDING_BACKEND=openvino or onnx "
+                "(or set EMBEDDING_QUANTIZE=none for torch)"
+            )
         if self.INVOICE_MIN_TOKENS > self.INVOICE_MAX_TOKENS:
             raise ValueError("INVOICE_MIN_TOKENS must not be larger than INVOICE_MAX_TOKENS")
         return self
