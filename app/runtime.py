@@ -15,6 +15,7 @@ from app.core.config import Settings
 from app.core.db import Database
 from app.core.ratelimit import RateLimiter
 from app.ingest.worker import IngestWorker, WorkerPool
+from app.rag.batching import QueryEmbedder
 from app.rag.embeddings import Embedder
 from app.rag.extract import Sandbox
 from app.rag.llm import LLMClient
@@ -30,6 +31,7 @@ RESERVATION_SWEEP_SECONDS = 60.0
 class Runtime:
     settings: Settings
     embedder: Embedder
+    questions: QueryEmbedder
     store: VectorStore
     llm: LLMClient
     limiter: RateLimiter
@@ -43,6 +45,11 @@ class Runtime:
         return cls(
             settings=settings,
             embedder=embedder,
+            questions=QueryEmbedder(
+                embedder.model_name,
+                embedder.embed_queries,
+                cache_size=settings.QUERY_EMBEDDING_CACHE_SIZE,
+            ),
             store=store,
             llm=LLMClient(settings),
             limiter=RateLimiter(settings.RATE_LIMIT_STORAGE_URL, settings.RATE_LIMIT_KEY_PREFIX),

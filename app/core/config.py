@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     INGEST_POLL_SECONDS: float = Field(default=1.0, gt=0)
     INGEST_LEASE_SECONDS: int = Field(default=300, ge=5)
     INGEST_MAX_ATTEMPTS: int = Field(default=3, ge=1)
+    # CPU priority (nice, 0-19) of ingestion threads: embedding passages yields the CPU to
+    # questions (in the API process and beside it on one machine); 0 keeps the default.
+    INGEST_NICE: int = Field(default=10, ge=0, le=19)
     EXTRACT_TIMEOUT_SECONDS: int = Field(default=120, ge=1)
     EXTRACT_MAX_MEMORY_MB: int = Field(default=2048, ge=128)
     PDF_MAX_PAGES: int = Field(default=2000, ge=1)
@@ -78,6 +81,9 @@ class Settings(BaseSettings):
     EMBEDDING_MODEL: str = "intfloat/multilingual-e5-large"
     EMBEDDING_DEVICE: str = "cpu"
     EMBEDDING_BATCH_SIZE: int = Field(default=32, ge=1)
+    # Question vectors remembered per process (model + exact text; ~1.5 kB each for MiniLM,
+    # 4 kB for e5-large); 0 turns the cache off.
+    QUERY_EMBEDDING_CACHE_SIZE: int = Field(default=2048, ge=0)
 
     # --- answering ---
     FIREWORKS_API_KEY: str | None = None

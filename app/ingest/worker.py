@@ -34,6 +34,19 @@ class JobLost(Exception):
     """The document was deleted, reindexed or taken over while we worked on it."""
 
 
+def lower_thread_priority(nice: int) -> None:
+    """Run this thread, and the threads and processes it starts from now on (torch's
+    OpenMP team, extraction), at `nice` (Linux: per thread): passages are embedded with
+    the CPU that questions leave, in the API's process or beside it on the same machine."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), max(current, nice))
+    except OSError as exc:
+        log.warning("cannot lower the ingest worker's CPU priority", extra={"reason": str(exc)})
+
+
 class IngestWorker:
     def __init__(
         self,
@@ -55,6 +68,7 @@ class IngestWorker:
 
     # --- loop ---
     def run(self, stop: threading.Event) -> None:
+        lower_thread_priority(self.settings.INGEST_NICE)
         log.info("ingest worker started", extra={"worker": self.name})
         while not stop.is_set():
             try:
