@@ -31,13 +31,25 @@ RESERVATION_SWEEP_SECONDS = 60.0
 class Runtime:
     settings: Settings
     embedder: Embedder
-    questions: QueryEmbedder
     store: VectorStore
     llm: LLMClient
     limiter: RateLimiter
     sandbox: Sandbox
     workers: WorkerPool = field(default_factory=lambda: WorkerPool([]))
     _stopping: threading.Event = field(default_factory=threading.Event)
+    _questions: QueryEmbedder | None = None
+
+    @property
+    def questions(self) -> QueryEmbedder:
+        """The process's question batcher and cache, over the current embedder (a new one,
+        with an empty cache, if the embedder was replaced)."""
+        questions = self._questions
+        if questions is None or questions.embedder is not self.embedder:
+            questions = QueryEmbedder(
+                self.embedder, cache_size=self.settings.QUERY_EMBEDDING_CACHE_SIZE
+            )
+            self._questions = questions
+        return questions
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -45,11 +57,6 @@ class Runtime:
         return cls(
             settings=settings,
             embedder=embedder,
-            questions=QueryEmbedder(
-                embedder.model_name,
-                embedder.embed_queries,
-                cache_size=settings.QUERY_EMBEDDING_CACHE_SIZE,
-            ),
             store=store,
             llm=LLMClient(settings),
             limiter=RateLimiter(settings.RATE_LIMIT_STORAGE_URL, settings.RATE_LIMIT_KEY_PREFIX),

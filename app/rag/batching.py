@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.rag.embeddings import Embedder
+
 # A batch never holds more questions than this (the model's own batch size is the caller's).
 MAX_BATCH = 64
 
@@ -76,20 +78,21 @@ class VectorCache:
 class QueryEmbedder:
     """`embed(text)` for many threads at once; blocking (call it from a worker thread).
 
-    `embed_many` is the model call (e.g. `Embedder.embed_queries`): it gets the questions in
-    order and returns one vector per question. When it fails, every caller whose question was
-    in that call gets its error."""
+    The model call is `embed_many` (default: the embedder's `embed_queries`): it gets the
+    questions in order and returns one vector per question. When it fails, every caller
+    whose question was in that call gets its error."""
 
     def __init__(
         self,
-        model_name: str,
-        embed_many: Callable[[list[str]], list[list[float]]],
+        embedder: Embedder,
         *,
         cache_size: int = 1024,
         max_batch: int = MAX_BATCH,
+        embed_many: Callable[[list[str]], list[list[float]]] | None = None,
     ):
-        self.model_name = model_name
-        self._embed_many = embed_many
+        self.embedder = embedder
+        self.model_name = embedder.model_name
+        self._embed_many = embed_many or embedder.embed_queries
         self._max_batch = max(1, max_batch)
         self.cache = VectorCache(cache_size)
         self.stats = QueryEmbedderStats()

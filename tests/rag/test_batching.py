@@ -54,7 +54,7 @@ def _queue_behind_a_held_call(
 
 def test_concurrent_questions_share_one_model_call_and_get_their_own_vectors(runtime):
     embedder = runtime.embedder
-    batcher = QueryEmbedder(embedder.model_name, embedder.embed_queries, cache_size=0)
+    batcher = QueryEmbedder(embedder, cache_size=0)
     with ThreadPoolExecutor(len(QUESTIONS)) as pool:
         leader, followers, held = _queue_behind_a_held_call(
             batcher, pool, QUESTIONS[0], QUESTIONS[1:]
@@ -79,7 +79,7 @@ def test_a_lone_question_is_embedded_at_once_in_its_own_call(runtime):
         calls.append(list(texts))
         return embedder.embed_queries(texts)
 
-    batcher = QueryEmbedder(embedder.model_name, embed_many, cache_size=0)
+    batcher = QueryEmbedder(embedder, cache_size=0, embed_many=embed_many)
     for question in QUESTIONS[:3]:
         batcher.embed(question)
     assert calls == [[q] for q in QUESTIONS[:3]]
@@ -98,7 +98,7 @@ def _failing_on(word: str, real: Callable[[list[str]], list[list[float]]]):  # t
 def test_a_failed_call_raises_in_every_caller_it_held_and_the_next_ones_work(runtime):
     embedder = runtime.embedder
     batcher = QueryEmbedder(
-        embedder.model_name, _failing_on("poison", embedder.embed_queries), cache_size=8
+        embedder, cache_size=8, embed_many=_failing_on("poison", embedder.embed_queries)
     )
     with ThreadPoolExecutor(4) as pool:
         leader, followers, _ = _queue_behind_a_held_call(
@@ -123,7 +123,7 @@ def test_the_cache_is_bounded_and_keyed_by_model_and_text(runtime):
         calls.extend(texts)
         return embedder.embed_queries(texts)
 
-    batcher = QueryEmbedder(embedder.model_name, embed_many, cache_size=3)
+    batcher = QueryEmbedder(embedder, cache_size=3, embed_many=embed_many)
     first = [batcher.embed(q) for q in QUESTIONS[:5]]
     assert len(batcher.cache) == 3 and calls == QUESTIONS[:5]
     # The newest are remembered (same vector, no model call); the oldest were dropped.
@@ -132,7 +132,8 @@ def test_the_cache_is_bounded_and_keyed_by_model_and_text(runtime):
     batcher.embed(QUESTIONS[0])
     assert calls[-1] == QUESTIONS[0] and len(batcher.cache) == 3
     # Another model's vector for the same text is another entry.
-    other = QueryEmbedder("another/model", embed_many, cache_size=3)
+    other = QueryEmbedder(embedder, cache_size=3, embed_many=embed_many)
+    other.model_name = "another/model"
     other.cache = batcher.cache
     other.embed(QUESTIONS[0])
     assert batcher.stats.cache_hits == 1 and other.stats.cache_hits == 0
@@ -141,7 +142,7 @@ def test_the_cache_is_bounded_and_keyed_by_model_and_text(runtime):
 
 def test_cache_size_zero_remembers_nothing(runtime):
     embedder = runtime.embedder
-    batcher = QueryEmbedder(embedder.model_name, embedder.embed_queries, cache_size=0)
+    batcher = QueryEmbedder(embedder, cache_size=0)
     batcher.embed(QUESTIONS[0])
     batcher.embed(QUESTIONS[0])
     assert len(batcher.cache) == 0
