@@ -8,12 +8,14 @@ Transactions. Unlike the other domains, the query path has no request-scoped ses
 answer streams for seconds, and a pooled connection held while waiting for the LLM would let a
 few slow answers starve the pool. Each step opens its own short transaction through
 `QueryTools.db` instead, and owns it:
-- admission reads the chatbot (and commits nothing);
-- `prepare` reads the retrieved documents' status and the session's recent turns in one
-  short transaction, then takes the reservation (the chatbot's month, the chatbot's
-  concurrency, the balance, and a `TokenReservation` row; or a demo slot of the chatbot and
-  of the customer) in another, after retrieval, so a refused question holds no lock while
-  embedding;
+- admission reads the chatbot (and, on the JWT routes, the token's user) and commits
+  nothing; it runs in the same worker thread as `prepare`, before it;
+- `prepare` embeds and searches with no transaction open, then in one short transaction
+  reads the retrieved documents' status and the session's recent turns and takes the
+  reservation (the chatbot's month, the chatbot's concurrency, the balance, and a
+  `TokenReservation` row; or a demo slot of the chatbot and of the customer), so a refused
+  question holds no lock while embedding and the rows are locked only from the reservation
+  to the commit;
 - `finish` settles the real count and writes the history row in one transaction, so
   `tokens_used` always equals the history's sum; `abandon` gives the reservation back. Both
   delete the reservation row, and only what the deleted row held is given back, so a
