@@ -116,35 +116,28 @@ class ChromaServer:
     def stop(self) -> None:
         process, self.process = self.process, None
         if process is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+            stop_group(process)
             self._log.close()
 
 
 class LayoutCpuMeter(CpuMeter):
-    """CpuMeter that also counts the Chroma server's process group as ours."""
+    """CpuMeter that also counts the Chroma server's and the worker's process groups as
+    ours."""
 
-    def __init__(self, server: BenchServer, chroma: ChromaServer | None):
+    def __init__(self, server: BenchServer, *others: subprocess.Popen[bytes] | None):
         super().__init__(server)
-        self.chroma = chroma
+        self.others_started = [p for p in others if p is not None]
 
     def _ours(self) -> float:
         ours = super()._ours()
-        if self.chroma is not None and self.chroma.process is not None:
-            ours += process_group_cpu_seconds(self.chroma.process.pid)
+        for process in self.others_started:
+            ours += process_group_cpu_seconds(process.pid)
         return ours
 
 
 def start_worker(server: BenchServer) -> subprocess.Popen[bytes]:
-    """`python -m app.ingest` with the API's settings, in the API's process group (so the CPU
-    meter counts it as ours and stopping the server stops it)."""
-    assert server.process is not None and server.workdir is not None
+    """`python -m app.ingest` with the API's settings, in its own process group."""
+    assert server.workdir is not None
     log = open(server.workdir / "worker.log", "ab")  # noqa: SIM115 - the child keeps it
     try:
         return subprocess.Popen(
@@ -153,10 +146,24 @@ def start_worker(server: BenchServer) -> subprocess.Popen[bytes]:
             env=server.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
-            process_group=server.process.pid,
+            start_new_session=True,
         )
     finally:
         log.close()
+
+
+def stop_group(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM to the process group we started, SIGKILL if it lingers."""
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
 
 async def ask_until(
@@ -232,6 +239,7 @@ def measure_layout(
     extra_env = bench_env(parser, args, fake)
     chroma: ChromaServer | None = None
     server: BenchServer | None = None
+    worker: subprocess.Popen[bytes] | None = None
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-ingest-{layout}-"))
     try:
         if layout == "cluster":
@@ -249,7 +257,7 @@ def measure_layout(
         )
         server.start()
         if layout == "cluster":
-            start_worker(server)
+            worker = start_worker(server)
         tenant = server.register_tenant()
         bot = server.create_chatbot(tenant, top_k=args.top_k)
         response = server.upload(tenant, bot["id"], article)
@@ -257,7 +265,7 @@ def measure_layout(
             raise ServerError(f"upload refused: {response.status_code} {response.text[:300]}")
         server.wait_for_documents(tenant, bot["id"])
         url, headers = query_target(server.base_url, "public", tenant, bot)
-        with LayoutCpuMeter(server, chroma) as idle_meter:
+        with LayoutCpuMeter(server, chroma.process if chroma else None, worker) as idle_meter:
             idle = asyncio.run(ask_until(url, headers, questions, count=args.requests_c1))
         idle["other_cpu_share"] = idle_meter.others_share
         response = server.upload(tenant, bot["id"], big)
@@ -266,7 +274,7 @@ def measure_layout(
         document = response.json()
         document_id = document.get("id") or document.get("document_id")
         status_url = f"{server.base_url}/api/chatbots/{bot['id']}/documents/{document_id}"
-        with LayoutCpuMeter(server, chroma) as busy_meter:
+        with LayoutCpuMeter(server, chroma.process if chroma else None, worker) as busy_meter:
             busy = asyncio.run(
                 ask_until(
                     url,
@@ -286,6 +294,7 @@ def measure_layout(
             "p50_ratio": busy["p50_ms"] / idle["p50_ms"],
         }
     finally:
+        stop_group(worker)
         if server is not None:
             server.cleanup()
         if chroma is not None:
