@@ -6,6 +6,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from sqlalchemy import event
 
 from app.core.db import get_database
 from tests.query.money import Bot, eventually, money
@@ -65,3 +66,27 @@ def test_a_repeated_question_is_answered_from_the_embedding_cache(
     assert first.status_code == second.status_code == 200
     assert runtime.questions.stats.cache_hits == hits + 1
     assert first.json()["sources"] == second.json()["sources"]
+
+
+def test_a_customer_question_takes_three_short_transactions(bot: Bot, fake_llm, live_url):  # type: ignore[no-untyped-def]
+    """Admission, then the reads with the reservation, then the settlement: one pooled
+    connection each, taken by the request's worker threads."""
+    tenant, chatbot, _ = bot
+    url = f"{live_url}/api/{tenant.customer_id}/{chatbot['id']}/query"
+    checkouts: list[str] = []
+
+    def on_checkout(*_: object) -> None:
+        name = threading.current_thread().name
+        if name.startswith("AnyIO worker thread"):  # not the ingest workers or the sweep
+            checkouts.append(name)
+
+    engine = get_database().engine
+    event.listen(engine, "checkout", on_checkout)
+    try:
+        response = httpx.post(
+            url, json={"question": "Is an unused item returnable?"}, headers=tenant.headers
+        )
+    finally:
+        event.remove(engine, "checkout", on_checkout)
+    assert response.status_code == 200 and response.json()["mode"] == "llm"
+    assert len(checkouts) == 3, checkouts
