@@ -43,7 +43,8 @@ def current_user_short(
         return service.user_from_token(session, settings, token)
 
 
-UploadUser = Annotated[User, Depends(current_user_short)]
+QueryUser = Annotated[User, Depends(current_user_short)]
+UploadUser = QueryUser
 
 
 async def token_claims(
