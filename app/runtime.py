@@ -15,6 +15,7 @@ from app.core.config import Settings
 from app.core.db import Database
 from app.core.ratelimit import RateLimiter
 from app.ingest.worker import IngestWorker, WorkerPool
+from app.rag.batching import QueryEmbedder
 from app.rag.embeddings import Embedder
 from app.rag.extract import Sandbox
 from app.rag.llm import LLMClient
@@ -36,6 +37,19 @@ class Runtime:
     sandbox: Sandbox
     workers: WorkerPool = field(default_factory=lambda: WorkerPool([]))
     _stopping: threading.Event = field(default_factory=threading.Event)
+    _questions: QueryEmbedder | None = None
+
+    @property
+    def questions(self) -> QueryEmbedder:
+        """The process's question batcher and cache, over the current embedder (a new one,
+        with an empty cache, if the embedder was replaced)."""
+        questions = self._questions
+        if questions is None or questions.embedder is not self.embedder:
+            questions = QueryEmbedder(
+                self.embedder, cache_size=self.settings.QUERY_EMBEDDING_CACHE_SIZE
+            )
+            self._questions = questions
+        return questions
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:

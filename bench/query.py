@@ -82,6 +82,10 @@ DEFAULT_EVAL = (REPO.parent / "shared" / "eval").resolve()
 RAISED_RATE_LIMIT = "100000/minute"
 TARGET_OVERHEAD_MS = 20.0
 TARGET_FIRST_TOKEN_MS = 30.0
+TARGET_C8_RATIO = 0.7
+TARGET_INGEST_RATIO = 2.0
+# A printed page of running text, in characters (the --during-ingest document's unit).
+PAGE_CHARS = 2_500
 REPLY = (
     "According to the documents, the answer is stated in the second passage, which gives the "
     "date, the place and the people involved; the first passage adds the background."
@@ -308,7 +312,7 @@ def log_size(server: BenchServer) -> int:
 
 async def run_level(
     url: str,
-    api_key: str,
+    headers: dict[str, str],
     questions: list[str],
     concurrency: int,
     after_each: Callable[[str], None] | None = None,
@@ -316,7 +320,6 @@ async def run_level(
     """len(questions) JSON requests, ``concurrency`` in flight, over one connection pool.
     ``after_each(question)`` runs (blocking the loop) after each successful request."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    headers = {"X-API-Key": api_key}
     latencies: list[float] = []
     message_ids: list[str] = []
     errors: Counter[str] = Counter()
@@ -381,9 +384,11 @@ async def run_level(
     }
 
 
-def run_streams(url: str, api_key: str, questions: list[str], fake: TimedFakeLLM) -> dict[str, Any]:
+def run_streams(
+    url: str, headers: dict[str, str], questions: list[str], fake: TimedFakeLLM
+) -> dict[str, Any]:
     """Streaming requests one at a time: client first token - LLM first chunk."""
-    headers = {"X-API-Key": api_key, "Accept": "text/event-stream"}
+    headers = {**headers, "Accept": "text/event-stream"}
     overheads: list[float] = []
     ttft: list[float] = []
     totals: list[float] = []
@@ -561,6 +566,8 @@ def raw_cost(
     cpu_ms = 1000 * (time.process_time() - cpu_started) / max(1, len(questions))
     out["after_stop"] = {
         "questions": len(questions),
+        # Questions per second, one after another: what one process does without a server.
+        "rate_qps": len(totals) / sum(totals) if totals else float("nan"),
         "cpu_ms_per_query": cpu_ms,
         "embed_p50_ms": _ms(percentile(embeds, 0.5)),
         "search_p50_ms": _ms(percentile(searches, 0.5)),
@@ -580,6 +587,16 @@ def raw_cost(
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
+
+
+def query_target(
+    base_url: str, endpoint: str, tenant: Any, bot: dict[str, Any]
+) -> tuple[str, dict[str, str]]:
+    """The URL and headers of the endpoint under test: the customer's (JWT) or the public
+    one (the chatbot's API key)."""
+    if endpoint == "customer":
+        return f"{base_url}/api/{tenant.customer_id}/{bot['id']}/query", dict(tenant.headers)
+    return f"{base_url}/api/public/{bot['id']}/query", {"X-API-Key": bot["api_key"]}
 
 
 @contextlib.contextmanager
@@ -631,6 +648,25 @@ def start_profiler(pid: int, output: Path, seconds: float) -> subprocess.Popen[b
     )
 
 
+def bench_env(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, fake: FakeLLMServer
+) -> dict[str, str]:
+    """The server's settings: the fake LLM, limits that the load does not hit, --env."""
+    extra_env = {
+        "FIREWORKS_API_KEY": "bench",
+        "LLM_BASE_URL": fake.base_url,
+        "LLM_MAX_RETRIES": "0",
+        "RATE_LIMIT_PUBLIC_PER_CLIENT": RAISED_RATE_LIMIT,
+        "RATE_LIMIT_PUBLIC_PER_CHATBOT": RAISED_RATE_LIMIT,
+        "RATE_LIMIT_PUBLIC_PER_SESSION": RAISED_RATE_LIMIT,
+        "SIGNUP_TOKENS": "1000000000",
+        # Concurrency 32 on one chatbot: the per-chatbot answer limit is not under test.
+        "MAX_CONCURRENT_ANSWERS_PER_CHATBOT": "64",
+        "INGEST_WORKERS": "1",
+    }
+    return server_env(parser, args.env, extra_env)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -668,7 +704,26 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a fresh database bench_<hex> on postgres@127.0.0.1:5432, dropped afterwards",
     )
+    parser.add_argument(
+        "--endpoint",
+        choices=["customer", "public"],
+        default="customer",
+        help="customer: POST /api/{customer_id}/{chatbot_id}/query with the owner's JWT "
+        "(default); public: POST /api/public/{chatbot_id}/query with the chatbot's key",
+    )
+    parser.add_argument(
+        "--during-ingest",
+        action="store_true",
+        help="instead: public-query p95 idle and while a 300-page document is embedded, with "
+        "the embedded worker (INGEST_WORKERS=1) and in the cluster layout (a Chroma server, "
+        "the API with INGEST_WORKERS=0 and a standalone `python -m app.ingest`)",
+    )
+    parser.add_argument(
+        "--ingest-pages", type=int, default=300, help="pages of the --during-ingest document"
+    )
     parser.add_argument("--target-overhead", type=float, default=TARGET_OVERHEAD_MS)
+    parser.add_argument("--target-c8-ratio", type=float, default=TARGET_C8_RATIO)
+    parser.add_argument("--target-ingest-ratio", type=float, default=TARGET_INGEST_RATIO)
     parser.add_argument("--target-first-token", type=float, default=TARGET_FIRST_TOKEN_MS)
     parser.add_argument(
         "--profile",
@@ -679,6 +734,10 @@ def main(argv: list[str] | None = None) -> int:
     add_run_options(parser, "OMP_NUM_THREADS=1")
     args = parser.parse_args(argv)
     install_sigterm_handler()
+    if args.during_ingest:
+        from bench._during_ingest import during_ingest
+
+        return during_ingest(parser, args)
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-query-"))
@@ -695,18 +754,7 @@ def main(argv: list[str] | None = None) -> int:
         document, pool = material
         random.Random(args.seed).shuffle(pool)
         fake.start()
-        extra_env = {
-            "FIREWORKS_API_KEY": "bench",
-            "LLM_BASE_URL": fake.base_url,
-            "LLM_MAX_RETRIES": "0",
-            "RATE_LIMIT_PUBLIC_PER_CLIENT": RAISED_RATE_LIMIT,
-            "RATE_LIMIT_PUBLIC_PER_CHATBOT": RAISED_RATE_LIMIT,
-            "SIGNUP_TOKENS": "1000000000",
-            # Concurrency 32 on one chatbot: the per-chatbot answer limit is not under test.
-            "MAX_CONCURRENT_ANSWERS_PER_CHATBOT": "64",
-            "INGEST_WORKERS": "1",
-        }
-        extra_env = server_env(parser, args.env, extra_env)
+        extra_env = bench_env(parser, args, fake)
         # The raw measurement uses the server's torch thread count (e.g. --env OMP_NUM_THREADS=1).
         torch_threads = (
             int(extra_env["OMP_NUM_THREADS"]) if "OMP_NUM_THREADS" in extra_env else None
@@ -743,7 +791,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         figures.update(document=str(document), chunks=chunks, top_k=args.top_k)
 
-        url = f"{server.base_url}/api/public/{bot['id']}/query"
+        url, headers = query_target(server.base_url, args.endpoint, tenant, bot)
+        print(f"measuring POST {url.removeprefix(server.base_url)}")
+        figures["endpoint"] = args.endpoint
         sampler = ConnectionSampler(server)
         c1_questions: list[str] = []
         interleaved: InterleavedEmbedder | None = None
@@ -764,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu_before = process_cpu_seconds(server_pid)
             with sampler, cpu_meter(server) as meter:
                 hook = interleaved if level == 1 else None
-                result = asyncio.run(run_level(url, bot["api_key"], questions, level, hook))
+                result = asyncio.run(run_level(url, headers, questions, level, hook))
             result["other_cpu_share"] = others_share(meter)
             # Warm-up requests included: every request the server answered in the span.
             result["server_cpu_ms_per_request"] = (
@@ -793,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
             stream_questions = _questions(pool, offset, args.streams + 1)
             log_at = log_size(server)
             with cpu_meter(server) as meter:
-                streams = run_streams(url, bot["api_key"], stream_questions, fake)
+                streams = run_streams(url, headers, stream_questions, fake)
             streams["other_cpu_share"] = others_share(meter)
             fake.delay_seconds = 0.0
             streams["server_log_problems"] = log_problems(server, log_at)[0]
@@ -846,7 +896,7 @@ def main(argv: list[str] | None = None) -> int:
 def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     raw = figures["raw"]
     print(
-        f"\n== public query, JSON, LLM answering at once ({figures['database']}, "
+        f"\n== {figures['endpoint']} query, JSON, LLM answering at once ({figures['database']}, "
         f"{figures['chunks']} chunks, top_k {figures['top_k']}) =="
     )
     print(
@@ -927,6 +977,21 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
             f"{args.target_first_token:.0f} ms at p50); time to first token p50 "
             f"{streams['ttft_p50_ms']:.1f} ms, whole stream p50 {streams['total_p50_ms']:.1f} ms"
             f"{busy_note(streams.get('other_cpu_share'))}"
+        )
+    rate = reference.get("rate_qps") or raw["after_stop"]["rate_qps"]
+    for r in figures["levels"].values():
+        r["ratio_to_raw_rate"] = r["throughput"] / rate
+    c8 = figures["levels"].get("8")
+    if c8 is not None:
+        verdicts["concurrency_8"] = c8["ratio_to_raw_rate"] >= args.target_c8_ratio
+        print(
+            f"concurrency 8: {c8['throughput']:.1f} q/s against the raw sequential "
+            f"{rate:.1f} q/s = {c8['ratio_to_raw_rate']:.2f}x  "
+            f"{'PASS' if verdicts['concurrency_8'] else 'FAIL'} (target >= "
+            f"{args.target_c8_ratio:.2f}x); other levels: "
+            + ", ".join(
+                f"c={level} {r['ratio_to_raw_rate']:.2f}x" for level, r in figures["levels"].items()
+            )
         )
     top = max(figures["levels"], key=int, default=None)
     if top is not None:

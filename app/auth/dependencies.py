@@ -9,6 +9,7 @@ from app.auth import service
 from app.core.db import DatabaseDep, SessionDep
 from app.core.deps import SettingsDep
 from app.core.errors import AdminRequired
+from app.core.security import TokenClaims
 from app.models import Role, User
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
@@ -44,3 +45,14 @@ def current_user_short(
 
 QueryUser = Annotated[User, Depends(current_user_short)]
 UploadUser = QueryUser
+
+
+async def token_claims(
+    settings: SettingsDep, token: Annotated[str | None, Depends(oauth2_scheme)]
+) -> TokenClaims:
+    """A valid token's claims, checked without the database (a signature check: no thread
+    needed). The query routes look the user up in their own admission transaction."""
+    return service.claims_from_token(settings, token)
+
+
+QueryClaims = Annotated[TokenClaims, Depends(token_claims)]

@@ -124,11 +124,21 @@ def authenticate(
 
 
 def user_from_token(session: Session, settings: Settings, token: str | None) -> User:
+    return user_for_claims(session, claims_from_token(settings, token))
+
+
+def claims_from_token(settings: Settings, token: str | None) -> security.TokenClaims:
+    """The token's claims, checked (signature, expiry) without the database."""
     if not token:
         raise NotAuthenticated("Send a bearer token: Authorization: Bearer <token>.")
     claims = security.decode_access_token(settings, token)
     if claims is None:
         raise NotAuthenticated("The token is invalid or has expired; sign in again.")
+    return claims
+
+
+def user_for_claims(session: Session, claims: security.TokenClaims) -> User:
+    """The user a valid token names, if it still exists and still belongs to its customer."""
     user = session.get(User, claims.user_id)
     if user is None or user.customer_id != claims.customer_id:
         raise NotAuthenticated("The token's user no longer exists; sign in again.")

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     INGEST_BATCH_BYTES: int = Field(default=262_144, ge=0)
     # Claim and extract a worker's next turn while it embeds the current one.
     INGEST_PREFETCH: bool = True
+    # CPU priority (nice, 0-19) of ingestion threads: embedding passages yields the CPU to
+    # questions (in the API process and beside it on one machine); 0 keeps the default.
+    INGEST_NICE: int = Field(default=10, ge=0, le=19)
     EXTRACT_TIMEOUT_SECONDS: int = Field(default=120, ge=1)
     EXTRACT_MAX_MEMORY_MB: int = Field(default=2048, ge=128)
     PDF_MAX_PAGES: int = Field(default=2000, ge=1)
@@ -97,6 +100,9 @@ class Settings(BaseSettings):
     # int8: OpenVINO statically quantized on shipped calibration passages, ONNX dynamically.
     EMBEDDING_QUANTIZE: Literal["none", "int8"] = "int8"
     EMBEDDING_CACHE_DIR: Path = Path("embedding_cache")
+    # Question vectors remembered per process (model + exact text; ~1.5 kB each for MiniLM,
+    # 4 kB for e5-large); 0 turns the cache off.
+    QUERY_EMBEDDING_CACHE_SIZE: int = Field(default=2048, ge=0)
 
     # --- answering ---
     FIREWORKS_API_KEY: str | None = None

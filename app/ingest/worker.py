@@ -47,6 +47,19 @@ class Job:
         return self.stored / len(self.chunks) if self.chunks else 0.0
 
 
+def lower_thread_priority(nice: int) -> None:
+    """Run this thread, and the threads and processes it starts from now on (torch's
+    OpenMP team, extraction), at `nice` (Linux: per thread): passages are embedded with
+    the CPU that questions leave, in the API's process or beside it on the same machine."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), max(current, nice))
+    except OSError as exc:
+        log.warning("cannot lower the ingest worker's CPU priority", extra={"reason": str(exc)})
+
+
 class IngestWorker:
     """Claims a turn of queued documents (several small ones of one customer at once, up to
     INGEST_BATCH_DOCUMENTS / INGEST_BATCH_BYTES), extracts and chunks each, embeds their
@@ -77,6 +90,7 @@ class IngestWorker:
 
     # --- loop ---
     def run(self, stop: threading.Event) -> None:
+        lower_thread_priority(self.settings.INGEST_NICE)
         log.info("ingest worker started", extra={"worker": self.name})
         ahead: Future[list[Job] | None] | None = None
         with ThreadPoolExecutor(1, thread_name_prefix=f"prefetch-{self.name}") as prefetch:

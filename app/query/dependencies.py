@@ -17,6 +17,7 @@ async def query_tools(runtime: RuntimeDep, db: DatabaseDep) -> QueryTools:
         settings=runtime.settings,
         db=db,
         embedder=runtime.embedder,
+        questions=runtime.questions,
         store=runtime.store,
         llm=runtime.llm,
     )

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import functools
 import uuid
+from collections.abc import Callable
 from typing import Annotated
 
 from anyio import to_thread
@@ -8,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.auth.dependencies import QueryUser
+from app.auth.dependencies import QueryClaims
 from app.chatbots.dependencies import OwnedChatbot
 from app.core.db import DatabaseDep, SessionDep
 from app.core.deps import ClientIP, SettingsDep
@@ -69,9 +71,12 @@ class AnswerStreamResponse(StreamingResponse):
 CLIENT_CLOSED_REQUEST = 499
 
 
-async def _answer(tools: Tools, asker: Asker, body: QueryRequest, request: Request) -> Response:
+async def _answer(
+    tools: Tools, admit: Callable[[], Asker], body: QueryRequest, request: Request
+) -> Response:
+    """`admit` runs in the same worker thread as the preparation (one hop, not two)."""
     session_id = body.session_id or uuid.uuid4().hex
-    prepared = await to_thread.run_sync(service.prepare, tools, asker, body.question, session_id)
+    prepared = await to_thread.run_sync(service.prepare, tools, admit, body.question, session_id)
     if body.stream or "text/event-stream" in request.headers.get("accept", ""):
         return AnswerStreamResponse(StreamedAnswer(tools, prepared))
 
@@ -86,24 +91,22 @@ async def _answer(tools: Tools, asker: Asker, body: QueryRequest, request: Reque
     return JSONResponse(result.model_dump(mode="json"))
 
 
-async def _admit_user(
+def _admit_user(
     tools: Tools,
-    user: QueryUser,
+    claims: QueryClaims,
     chatbot_id: uuid.UUID,
     *,
     path_customer_id: uuid.UUID | None = None,
     demo: bool = False,
-) -> Asker:
+) -> Callable[[], Asker]:
     """The two JWT routes' admission: the chatbot must be the token's customer's."""
-    return await to_thread.run_sync(
-        lambda: service.admit_user(
-            tools.db,
-            user.id,
-            user.customer_id,
-            chatbot_id,
-            path_customer_id=path_customer_id,
-            demo=demo,
-        )
+    return functools.partial(
+        service.admit_user,
+        tools.db,
+        claims,
+        chatbot_id,
+        path_customer_id=path_customer_id,
+        demo=demo,
     )
 
 
@@ -189,7 +192,7 @@ async def public_query(
                 asker, limiter, tools.settings, x_api_key, origin, ip, session_id=body.session_id
             )
         )
-        response = await _answer(tools, asker, body, request)
+        response = await _answer(tools, lambda: asker, body, request)
     if allowed_origin:
         response.headers.update(cors_headers(allowed_origin, QUERY_METHODS))
     return response
@@ -206,11 +209,11 @@ async def customer_query(
     chatbot_id: uuid.UUID,
     body: QueryRequest,
     request: Request,
-    user: QueryUser,
+    claims: QueryClaims,
     tools: Tools,
 ) -> Response:
-    asker = await _admit_user(tools, user, chatbot_id, path_customer_id=customer_id)
-    return await _answer(tools, asker, body, request)
+    admit = _admit_user(tools, claims, chatbot_id, path_customer_id=customer_id)
+    return await _answer(tools, admit, body, request)
 
 
 @router.post(
@@ -223,11 +226,10 @@ async def demo_query(
     chatbot_id: uuid.UUID,
     body: QueryRequest,
     request: Request,
-    user: QueryUser,
+    claims: QueryClaims,
     tools: Tools,
 ) -> Response:
-    asker = await _admit_user(tools, user, chatbot_id, demo=True)
-    return await _answer(tools, asker, body, request)
+    return await _answer(tools, _admit_user(tools, claims, chatbot_id, demo=True), body, request)
 
 
 @router.get(

@@ -8,12 +8,14 @@ Transactions. Unlike the other domains, the query path has no request-scoped ses
 answer streams for seconds, and a pooled connection held while waiting for the LLM would let a
 few slow answers starve the pool. Each step opens its own short transaction through
 `QueryTools.db` instead, and owns it:
-- admission reads the chatbot (and commits nothing);
-- `prepare` reads the retrieved documents' status and the session's recent turns in one
-  short transaction, then takes the reservation (the chatbot's month, the chatbot's
-  concurrency, the balance, and a `TokenReservation` row; or a demo slot of the chatbot and
-  of the customer) in another, after retrieval, so a refused question holds no lock while
-  embedding;
+- admission reads the chatbot (and, on the JWT routes, the token's user) and commits
+  nothing; it runs in the same worker thread as `prepare`, before it;
+- `prepare` embeds and searches with no transaction open, then in one short transaction
+  reads the retrieved documents' status and the session's recent turns and takes the
+  reservation (the chatbot's month, the chatbot's concurrency, the balance, and a
+  `TokenReservation` row; or a demo slot of the chatbot and of the customer), so a refused
+  question holds no lock while embedding and the rows are locked only from the reservation
+  to the commit;
 - `finish` settles the real count and writes the history row in one transaction, so
   `tokens_used` always equals the history's sum; `abandon` gives the reservation back. Both
   delete the reservation row, and only what the deleted row held is given back, so a
@@ -31,6 +33,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -38,6 +41,7 @@ from limits import parse
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.auth.service import user_for_claims
 from app.billing.service import (
     adjust_chatbot_month,
     answers_in_progress,
@@ -68,10 +72,11 @@ from app.core.errors import (
 from app.core.metrics import ANSWERS, QUERY_SECONDS, TOKENS, observe_since
 from app.core.ratelimit import RateLimiter
 from app.core.schemas import PageParams
-from app.core.security import api_keys_match
+from app.core.security import TokenClaims, api_keys_match
 from app.models import Chatbot, ChatHistory, Customer, Document, DocumentStatus
 from app.models.base import utcnow
 from app.query.schemas import PublicChatbot
+from app.rag.batching import QueryEmbedder
 from app.rag.embeddings import Embedder
 from app.rag.llm import LLMClient
 from app.rag.prompting import Turn, build_messages, extractive_answer
@@ -95,6 +100,7 @@ class QueryTools:
     settings: Settings
     db: Database
     embedder: Embedder
+    questions: QueryEmbedder
     store: VectorStore
     llm: LLMClient
 
@@ -234,18 +240,20 @@ def check_public(
 
 def admit_user(
     db: Database,
-    user_id: uuid.UUID,
-    token_customer_id: uuid.UUID,
+    claims: TokenClaims,
     chatbot_id: uuid.UUID,
     *,
     path_customer_id: uuid.UUID | None = None,
     demo: bool = False,
 ) -> Asker:
-    if path_customer_id is not None and path_customer_id != token_customer_id:
+    """The JWT routes' admission in one short transaction: the token's user (it may have
+    been deleted since the token was signed), then its customer's chatbot."""
+    if path_customer_id is not None and path_customer_id != claims.customer_id:
         raise Forbidden("This customer_id is not the one your token belongs to.")
     with db.session() as session:
-        chatbot = get_owned_chatbot(session, token_customer_id, chatbot_id)
-        return _asker(chatbot, user_id=user_id, demo=demo)
+        user = user_for_claims(session, claims)
+        chatbot = get_owned_chatbot(session, user.customer_id, chatbot_id)
+        return _asker(chatbot, user_id=user.id, demo=demo)
 
 
 # --- preparation ---
@@ -262,20 +270,35 @@ def check_question(settings: Settings, question: str) -> None:
         )
 
 
-def prepare(tools: QueryTools, asker: Asker, question: str, session_id: str) -> Prepared:
+def prepare(
+    tools: QueryTools, admit: Callable[[], Asker], question: str, session_id: str
+) -> Prepared:
+    """`admit()` (its own short transaction), then retrieval (no transaction open while
+    embedding), then one transaction that reads what the prompt needs and takes the
+    reservation (or the demo slot)."""
+    asker = admit()
     started = time.perf_counter()
-    settings, db = tools.settings, tools.db
+    settings = tools.settings
     check_question(settings, question)
     hits = retrieve(tools, asker, question)
-    with db.session() as session:
-        hits = citable(session, asker.chatbot_id, hits)
-        history = _recent_turns(
-            session,
-            asker.chatbot_id,
-            session_id,
-            settings.HISTORY_TURNS,
-            settings.HISTORY_MAX_CHARS,
-        )
+    with tools.db.session() as session:
+        return _prepared(tools, session, asker, question, session_id, hits, started)
+
+
+def _prepared(
+    tools: QueryTools,
+    session: Session,
+    asker: Asker,
+    question: str,
+    session_id: str,
+    hits: list[Hit],
+    started: float,
+) -> Prepared:
+    settings = tools.settings
+    hits = citable(session, asker.chatbot_id, hits)
+    history = _recent_turns(
+        session, asker.chatbot_id, session_id, settings.HISTORY_TURNS, settings.HISTORY_MAX_CHARS
+    )
     if not hits:
         mode, messages, answer = "fallback", [], settings.FALLBACK_MESSAGE
     elif tools.llm.configured:
@@ -296,14 +319,14 @@ def prepare(tools: QueryTools, asker: Asker, question: str, session_id: str) -> 
         started=started,
         answer=answer,
     )
-    with db.session() as session:
-        if asker.demo:
-            prepared.demo_remaining = take_demo_slot(
-                session, asker.chatbot_id, asker.customer_id, settings
-            )
-        elif reserve > 0:
-            prepared.month = reserve_answer(session, settings, asker, prepared.message_id, reserve)
-            prepared.reserved = reserve
+    # The reads above take no lock: the rows below are locked only from here to the commit.
+    if asker.demo:
+        prepared.demo_remaining = take_demo_slot(
+            session, asker.chatbot_id, asker.customer_id, settings
+        )
+    elif reserve > 0:
+        prepared.month = reserve_answer(session, settings, asker, prepared.message_id, reserve)
+        prepared.reserved = reserve
     if mode != "llm":  # the answer is known now: its first token is ready
         observe_since("first_token", started)
     return prepared
@@ -343,7 +366,7 @@ def reserve_answer(
 def retrieve(tools: QueryTools, asker: Asker, question: str) -> list[Hit]:
     embedder = tools.embedder
     with QUERY_SECONDS.labels("embed").time():
-        vector = embedder.embed_query(question)
+        vector = tools.questions.embed(question)
     try:
         with QUERY_SECONDS.labels("search").time():
             hits = tools.store.query(asker.chatbot_id, embedder.model_name, vector, asker.top_k)
