@@ -194,9 +194,6 @@ class Embedder:
         return self.embed_queries([text])[0]
 
     def embed_queries(self, texts: Sequence[str]) -> list[list[float]]:
-        return self._encode([f"query: {t}" for t in texts] if self.is_e5 else list(texts))
-
-    def embed_queries(self, texts: Sequence[str]) -> list[list[float]]:
         """Several questions in one call (one batch through the backend): `embed_query` each."""
         return self._encode([f"query: {t}" if self.is_e5 else t for t in texts])
 
