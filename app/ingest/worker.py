@@ -17,6 +17,7 @@ from pathlib import Path
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.metrics import CHUNKS, INGESTED
+from app.documents.passages import PassageText, replace_passages
 from app.ingest import deletions, queue
 from app.models import DocumentStatus
 from app.rag.chunking import Chunk, chunk_sections
@@ -152,6 +153,7 @@ class IngestWorker:
     def _store(self, claim: queue.Claim, chunks: list[Chunk]) -> None:
         # A retried job may have stored part of its vectors already.
         self.store.delete_document(claim.chatbot_id, claim.document_id)
+        self._store_passages(claim, chunks)
         step = max(4 * self.embedder.batch_size, 32)
         model, dimension = self.embedder.model_name, self.embedder.dimension
         for start in range(0, len(chunks), step):
@@ -169,6 +171,17 @@ class IngestWorker:
                 self.db, claim.document_id, self.name, done, self.settings.INGEST_LEASE_SECONDS
             ):
                 raise JobLost()
+
+    def _store_passages(self, claim: queue.Claim, chunks: list[Chunk]) -> None:
+        """The lexical index's rows, all in one transaction (a deleted document's insert fails
+        on its foreign key and the job is dropped)."""
+        with self.db.session() as session:
+            replace_passages(
+                session,
+                claim.chatbot_id,
+                claim.document_id,
+                [PassageText(c.index, c.page, c.text) for c in chunks],
+            )
 
     @staticmethod
     def _record(claim: queue.Claim, chunk: Chunk, vector: list[float]) -> ChunkRecord:
