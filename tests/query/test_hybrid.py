@@ -17,15 +17,15 @@ from app.runtime import Runtime
 from tests import docgen
 from tests.factories import Tenant, create_chatbot, register, upload, wait_for_document
 
-# Prose an embedding model ranks by topic; one line carries a part number that only an
-# exact match finds.
+# A manual whose spare parts all have look-alike numbers, which an embedding blurs together;
+# only the exact code tells QX-48213-B's line apart.
 MANUAL = [
     "The blender has a 1200 watt motor and comes with a two year warranty.",
-    "Clean the jug with warm water and a drop of soap after every use.",
+    "The spare blade assembly is part RT-55102-K.",
     "The lid locks with a quarter turn; the motor stops when it is opened.",
     "Replacement gasket for the jug: order part QX-48213-B from the service desk.",
-    "Crushed ice needs the pulse setting; hold the button for two seconds at a time.",
-    "Store the blender unplugged, with the cord wound around the base.",
+    "Order a new glass jug as part ZP-90871-M.",
+    "The motor brush kit is part LM-30457-T.",
 ]
 
 
@@ -133,10 +133,17 @@ def test_hybrid_returns_the_document_only_an_exact_code_matches(client, runtime,
         f"/api/chatbots/{chatbot['id']}", json={"retrieval_mode": "dense"}, headers=tenant.headers
     )
     assert dense.status_code == 200
-    # The embedding model alone puts another document first.
     (source,) = _ask(client, chatbot, "QX-48213-B").json()["sources"]
-    assert source["document_id"] != coded["id"]
     assert source["retrievers"] == ["dense"] and -1.0 <= source["score"] <= 1.0
+    lexical = client.patch(
+        f"/api/chatbots/{chatbot['id']}",
+        json={"retrieval_mode": "lexical", "top_k": 5},
+        headers=tenant.headers,
+    )
+    assert lexical.status_code == 200
+    # No other document shares a word with the code.
+    sources = _ask(client, chatbot, "QX-48213-B").json()["sources"]
+    assert [(s["document_id"], s["retrievers"]) for s in sources] == [(coded["id"], ["lexical"])]
 
 
 def test_a_chatbot_never_matches_another_tenants_words(client, runtime, tmp_path):
