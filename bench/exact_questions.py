@@ -7,7 +7,7 @@ a CSV row with its value ("ISO4217-currency_numeric_code 971"), or a capitalised
 question is answered when one of the returned sources contains that string. Reproducible: the
 same documents and seed give the same file.
 
-    .venv/bin/python bench/exact_questions.py            # writes bench/data/exact_questions.jsonl
+    .venv/bin/python bench/exact_questions.py            # writes bench/exact_questions.jsonl
     .venv/bin/python bench/exact_questions.py --per-document 20 --out /tmp/q.jsonl
 """
 
@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 DEFAULT_CORPUS = (REPO.parent / "shared" / "corpus").resolve()
-DEFAULT_OUT = REPO / "bench" / "data" / "exact_questions.jsonl"
+DEFAULT_OUT = REPO / "bench" / "exact_questions.jsonl"
 # Text documents of the corpus with codes, numbers and names (English, German, a CSV table).
 DOCUMENTS = [
     ("country-codes_multilingual.csv", "csv"),

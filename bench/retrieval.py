@@ -5,7 +5,7 @@ no LLM: extractive mode, only ``sources`` are read). Per language (en, de) a cha
 ``xquad/derived/articles.<lang>.md`` (48 articles, 240 passages) and answers every question
 (1190) through ``POST /api/public/{id}/query`` in each retrieval mode (dense, lexical, hybrid:
 the chatbot's ``retrieval_mode`` switched between passes); a third chatbot gets the documents
-of the exact-match set (``bench/data/exact_questions.jsonl``, built by
+of the exact-match set (``bench/exact_questions.jsonl``, built by
 ``bench/exact_questions.py`` from ../shared/corpus) and answers those questions the same way.
 Reported per mode: answer-in-context@1/@5/@10 (the share of questions whose gold answer string
 appears in one of the first k sources) and MRR@10; and p50 latency through the API, one
@@ -67,7 +67,7 @@ from bench._server import (  # noqa: E402
 
 DEFAULT_EVAL = (REPO.parent / "shared" / "eval").resolve()
 DEFAULT_CORPUS = (REPO.parent / "shared" / "corpus").resolve()
-DEFAULT_EXACT = REPO / "bench" / "data" / "exact_questions.jsonl"
+DEFAULT_EXACT = REPO / "bench" / "exact_questions.jsonl"
 MODES = ("dense", "lexical", "hybrid")
 # hybrid answer-in-context@k over the ceiling's, per language; the exact-match share; and
 # what hybrid may add to the p50 of dense.
@@ -692,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         "--exact",
         type=Path,
         default=DEFAULT_EXACT,
-        help="exact-match questions (default bench/data/exact_questions.jsonl; 'none' to skip)",
+        help="exact-match questions (default bench/exact_questions.jsonl; 'none' to skip)",
     )
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="their documents")
     parser.add_argument(
