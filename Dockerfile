@@ -27,10 +27,15 @@ COPY alembic ./alembic
 COPY app ./app
 
 RUN useradd --system --uid 10001 --create-home app \
-    && mkdir -p /data/uploads /data/chroma \
+    && mkdir -p /data/uploads /data/chroma /data/embedding_cache \
     && chown -R app:app /data
 USER app
 
-ENV UPLOAD_DIR=/data/uploads
+ENV UPLOAD_DIR=/data/uploads \
+    EMBEDDING_CACHE_DIR=/data/embedding_cache
+# The default embedding backend (OpenVINO int8) of the packaged model, built once into the image
+# rather than by every container at its first start; another EMBEDDING_MODEL builds its own
+# there at first load (or run `python -m app.cli embeddings build` against it).
+RUN EMBEDDING_MODEL=minilm python -m app.cli embeddings build
 EXPOSE 8000
 CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]

@@ -36,7 +36,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 cli = typer.Typer(
     help="Operate the chatbot platform: customers, tokens, invoices, users, chatbots, queue, "
-    "reservations.",
+    "reservations, embeddings.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -54,7 +54,9 @@ cli.add_typer(invoices_cli, name="invoices")
 cli.add_typer(users, name="users")
 cli.add_typer(chatbots, name="chatbots")
 cli.add_typer(queue_cli, name="queue")
+embeddings_cli = typer.Typer(help="The embedding model's CPU backends.", no_args_is_help=True)
 cli.add_typer(reservations, name="reservations")
+cli.add_typer(embeddings_cli, name="embeddings")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 
@@ -384,6 +386,70 @@ def reservations_sweep(
         as_json,
         given,
         [f"gave back {given.reservations} reservation(s), {given.tokens:,} tokens"],
+    )
+
+
+# --- embeddings ---
+
+
+@embeddings_cli.command("build")
+@command
+def embeddings_build(
+    backend: Annotated[
+        str | None,
+        typer.Option(help="onnx or openvino (default: EMBEDDING_BACKEND)."),
+    ] = None,
+    quantize: Annotated[
+        str | None, typer.Option(help="none or int8 (default: EMBEDDING_QUANTIZE).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Export (and quantize) EMBEDDING_MODEL for the backend into EMBEDDING_CACHE_DIR now, so
+    that no server or worker builds it on first load; reused when it is already there. Prints
+    how close its vectors are to torch's on the shipped calibration passages."""
+    from app.rag.embedding_backends import Variant, calibration_passages
+    from app.rag.embeddings import Embedder
+
+    settings = get_settings()
+    variant = Variant(
+        backend or settings.EMBEDDING_BACKEND, quantize or settings.EMBEDDING_QUANTIZE
+    )
+    if variant.backend not in ("onnx", "openvino") or variant.quantize not in ("none", "int8"):
+        raise Failed("give --backend onnx|openvino and --quantize none|int8.")
+    embedder = Embedder(
+        settings.EMBEDDING_MODEL,
+        settings.EMBEDDING_DEVICE,
+        settings.EMBEDDING_BATCH_SIZE,
+        cache_dir=settings.EMBEDDING_CACHE_DIR,
+    )
+    try:
+        exported, built = embedder.build_export(variant)
+    except Exception as exc:  # the backend's packages missing, an export error
+        raise Failed(f"cannot build {variant.label}: {' '.join(str(exc).split())[:300]}") from exc
+    sample = calibration_passages(limit=64)
+    fast = exported.encode(sample, embedder.batch_size)
+    reference = embedder.embed_passages(sample)  # torch: this embedder has no backend
+    cosines = [
+        float(sum(a * b for a, b in zip(x, y, strict=True)))
+        for x, y in zip(fast, reference, strict=True)
+    ]
+    data = {
+        "model": embedder.model_name,
+        "variant": variant.label,
+        "built": built,
+        "path": str(exported.folder),
+        "mean_cosine_to_torch": sum(cosines) / len(cosines),
+        "min_cosine_to_torch": min(cosines),
+    }
+    emit(
+        as_json,
+        data,
+        [
+            f"{'built' if built else 'already built'}: {variant.label} of {embedder.model_name}",
+            f"path: {exported.folder}",
+            f"cosine to torch on {len(cosines)} passages: mean {data['mean_cosine_to_torch']:.4f},"
+            f" min {data['min_cosine_to_torch']:.4f}",
+        ],
     )
 
 

@@ -119,12 +119,18 @@ def build_ingestion_clients(settings: Settings) -> tuple[Embedder, VectorStore, 
     """What every ingesting process builds once (the API's runtime, a standalone worker):
     the model, the store and the extraction sandbox (its processes start on first use)."""
     embedder = Embedder(
-        settings.EMBEDDING_MODEL, settings.EMBEDDING_DEVICE, settings.EMBEDDING_BATCH_SIZE
+        settings.EMBEDDING_MODEL,
+        settings.EMBEDDING_DEVICE,
+        settings.EMBEDDING_BATCH_SIZE,
+        backend=settings.EMBEDDING_BACKEND,
+        quantize=settings.EMBEDDING_QUANTIZE,
+        cache_dir=settings.EMBEDDING_CACHE_DIR,
     )
     store = VectorStore(
         path=None if settings.CHROMA_URL else settings.CHROMA_PATH,
         url=settings.CHROMA_URL,
         token=settings.CHROMA_AUTH_TOKEN,
+        handle_cache_size=settings.CHROMA_HANDLE_CACHE_SIZE,
     )
     sandbox = Sandbox(
         timeout_s=settings.EXTRACT_TIMEOUT_SECONDS,

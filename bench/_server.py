@@ -277,6 +277,10 @@ class BenchServer:
                 "CHROMA_PATH": str(self.chroma_path),
                 "CHROMA_URL": "",
                 "EMBEDDING_MODEL": self.model,
+                # The repository's exports, built once (the server runs in a temporary folder).
+                "EMBEDDING_CACHE_DIR": os.environ.get(
+                    "EMBEDDING_CACHE_DIR", str(REPO / "embedding_cache")
+                ),
                 "INGEST_WORKERS": "1",
                 "LOG_LEVEL": "WARNING",
                 "FIREWORKS_API_KEY": "",

@@ -15,9 +15,16 @@ PostgreSQL, embedded Chroma, all in a temporary folder) and prints:
     .venv/bin/python bench/ingest.py --corpus                 # ../shared/corpus
     .venv/bin/python bench/ingest.py --corpus DIR --postgres --json out.json
     .venv/bin/python bench/ingest.py --repeat 3               # on a machine shared with others
+    .venv/bin/python bench/ingest.py --small                  # 48 small Markdown files, PostgreSQL
 
 Generated documents are deterministic (``--seed``): prose drawn from a fixed word list, as
 txt, md, html, csv, docx and pdf in turn; 30 of them make about 1,500 chunks.
+
+``--small``: the 48 XQuAD articles of ``../shared/eval`` (``xquad/derived/articles.<lang>.md``,
+as bench/retrieval.py reads them), one Markdown file per article (about five passages each,
+240 in all), uploaded at once (4 at a time, the server's default limit per customer) to a
+server on PostgreSQL: the fixed costs per document (claim, extraction, Chroma write,
+completion) weigh most there.
 
 On 2 cores, any other busy process skews both rates. Every timed phase reports the share of
 the CPU that other processes used (from /proc/stat) and the result is flagged when it exceeds
@@ -67,6 +74,10 @@ from bench._server import (  # noqa: E402
 )
 
 DEFAULT_CORPUS = (REPO.parent / "shared" / "corpus").resolve()
+DEFAULT_EVAL = (REPO.parent / "shared" / "eval").resolve()
+# Uploads in flight at once with --small (the user's browser or script sends them together):
+# the server's default MAX_CONCURRENT_UPLOADS_PER_CUSTOMER.
+SMALL_UPLOADS_IN_FLIGHT = 4
 # Files in the corpus folder that describe it rather than belong to it.
 CORPUS_META = {"README.md", "SOURCES.tsv"}
 TARGET_RATIO = 0.85
@@ -283,6 +294,25 @@ def corpus_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name not in CORPUS_META)
 
 
+def small_documents(eval_folder: Path, lang: str, folder: Path) -> list[Path]:
+    """One Markdown file per article of ``articles.<lang>.md`` (its ``# Title`` line and
+    passages), named in the articles' order."""
+    source = eval_folder / "xquad" / "derived" / f"articles.{lang}.md"
+    articles: list[list[str]] = []
+    for line in source.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# "):
+            articles.append([])
+        if articles:
+            articles[-1].append(line)
+    paths: list[Path] = []
+    for index, lines in enumerate(articles, 1):
+        slug = "-".join(lines[0][2:].lower().split())[:40]
+        path = folder / f"{index:02d}_{slug}.md"
+        path.write_text("\n".join(lines).strip() + "\n", encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
@@ -300,11 +330,23 @@ def _parse_time(value: str | None) -> datetime | None:
 
 
 def _upload_all(
-    server: BenchServer, tenant: Any, chatbot_id: str, files: Sequence[Path]
+    server: BenchServer, tenant: Any, chatbot_id: str, files: Sequence[Path], in_flight: int
 ) -> dict[str, dict[str, Any]]:
+    from concurrent.futures import ThreadPoolExecutor
+
     rows: dict[str, dict[str, Any]] = {}
-    for path in files:
-        response = server.upload(tenant, chatbot_id, path)
+
+    def send(path: Path) -> Any:
+        for _ in range(100):  # as a client does when told to wait for its other uploads
+            response = server.upload(tenant, chatbot_id, path)
+            if response.status_code != 429:
+                break
+            time.sleep(0.05)
+        return response
+
+    with ThreadPoolExecutor(max(1, in_flight)) as pool:
+        responses = list(pool.map(send, files))
+    for path, response in zip(files, responses, strict=True):
         try:
             body = response.json()
         except ValueError:
@@ -323,7 +365,9 @@ def _upload_all(
     return rows
 
 
-def ingest(server: BenchServer, files: Sequence[Path], timeout: float) -> dict[str, Any]:
+def ingest(
+    server: BenchServer, files: Sequence[Path], timeout: float, in_flight: int = 1
+) -> dict[str, Any]:
     """Upload every file, wait until none is queued/processing; the pipeline figures.
 
     The end is the last document's ``processed_at`` (set by the worker when it finishes; same
@@ -345,7 +389,7 @@ def ingest(server: BenchServer, files: Sequence[Path], timeout: float) -> dict[s
     with CpuMeter(server) as meter:
         started_wall = datetime.now(UTC)
         started = _now()
-        rows = _upload_all(server, tenant, bot["id"], files)
+        rows = _upload_all(server, tenant, bot["id"], files, in_flight)
         uploaded = _now() - started
         accepted = sum(1 for r in rows.values() if r["upload"] == 202)
         print(f"uploaded {len(files)} files in {uploaded:.2f} s ({accepted} accepted); waiting...")
@@ -593,6 +637,16 @@ def main(argv: list[str] | None = None) -> int:
         const=DEFAULT_CORPUS,
         help=f"ingest every file of this folder (default without a value: {DEFAULT_CORPUS})",
     )
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="the 48 XQuAD articles of --eval, one Markdown file each, uploaded at once "
+        "(PostgreSQL unless --database-url is given)",
+    )
+    parser.add_argument(
+        "--eval", type=Path, default=DEFAULT_EVAL, help=f"eval folder (default {DEFAULT_EVAL})"
+    )
+    parser.add_argument("--lang", default="en", help="articles' language with --small (en)")
     parser.add_argument("--docs", type=int, default=30, help="generated documents (default 30)")
     parser.add_argument(
         "--scale", type=float, default=1.0, help="size factor of generated documents (default 1)"
@@ -641,6 +695,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeat must be at least 1")
     if args.corpus and not args.corpus.is_dir():
         parser.error(f"{args.corpus} is not a folder")
+    if args.small and args.corpus:
+        parser.error("--small and --corpus are exclusive")
+    if args.small and not args.database_url:
+        args.postgres = True
     install_sigterm_handler()
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once
@@ -648,7 +706,10 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     runs: list[dict[str, Any]] = []
     try:
-        if args.corpus:
+        if args.small:
+            files = small_documents(args.eval, args.lang, workdir)
+            source = f"XQuAD {args.lang} articles, one Markdown file each"
+        elif args.corpus:
             files = corpus_files(args.corpus)
             source = str(args.corpus)
         else:
@@ -692,7 +753,8 @@ def run_once(
             f"server ready on {server.base_url} in {_now() - started:.1f} s "
             f"(model {args.model}, {db_kind}, INGEST_WORKERS=1, batch {args.batch_size})"
         )
-        result = ingest(server, files, args.timeout)
+        in_flight = SMALL_UPLOADS_IN_FLIGHT if args.small else 1
+        result = ingest(server, files, args.timeout, in_flight)
         server.stop()
         seconds = worker_seconds(str(server.database_url))
         for row in result["documents"]:
@@ -782,7 +844,10 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
     figures: dict[str, Any] = {
         "model": args.model,
         "corpus": str(args.corpus) if args.corpus else None,
-        "generated": None if args.corpus else {"docs": args.docs, "scale": args.scale},
+        "small": f"xquad {args.lang}" if args.small else None,
+        "generated": (
+            None if args.corpus or args.small else {"docs": args.docs, "scale": args.scale}
+        ),
         "files": result["files"],
         "runs": [
             {

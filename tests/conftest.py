@@ -22,6 +22,11 @@ os.environ.update(
         "UPLOAD_DIR": str(_TMP / "uploads"),
         "CHROMA_PATH": str(_TMP / "chroma"),
         "EMBEDDING_MODEL": os.environ.get("TEST_EMBEDDING_MODEL", "minilm"),
+        # torch's vectors for the suite (servers in subprocesses too); the other backends are
+        # built and compared with it in tests/rag/test_embedding_backends.py.
+        "EMBEDDING_BACKEND": os.environ.get("TEST_EMBEDDING_BACKEND", "torch"),
+        "EMBEDDING_QUANTIZE": os.environ.get("TEST_EMBEDDING_QUANTIZE", "none"),
+        "EMBEDDING_CACHE_DIR": str(_TMP / "embedding_cache"),
         "LOG_LEVEL": "WARNING",
         "RATE_LIMIT_STORAGE_URL": "memory://",
         # Tests sign up many customers from one address; the throttle has its own test.

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     CHROMA_PATH: Path = Path("chroma_dbs")
     CHROMA_URL: str | None = None
     CHROMA_AUTH_TOKEN: str | None = None
+    # Chroma collection handles kept per process (least recently used dropped first).
+    CHROMA_HANDLE_CACHE_SIZE: int = Field(default=1000, ge=0)
 
     @field_validator(
         "CHROMA_URL",
@@ -66,6 +68,16 @@ class Settings(BaseSettings):
     INGEST_POLL_SECONDS: float = Field(default=1.0, gt=0)
     INGEST_LEASE_SECONDS: int = Field(default=300, ge=5)
     INGEST_MAX_ATTEMPTS: int = Field(default=3, ge=1)
+    # A standalone worker (`python -m app.ingest`) serves its Prometheus metrics on this port
+    # (0: off), on WORKER_METRICS_HOST (loopback unless the scraper is on another machine).
+    WORKER_METRICS_PORT: int = Field(default=0, ge=0, le=65535)
+    WORKER_METRICS_HOST: str = "127.0.0.1"
+    # Small documents of one customer a worker claims in one turn and embeds together, and
+    # the most their uploads may weigh together (a larger document is claimed alone).
+    INGEST_BATCH_DOCUMENTS: int = Field(default=16, ge=1)
+    INGEST_BATCH_BYTES: int = Field(default=262_144, ge=0)
+    # Claim and extract a worker's next turn while it embeds the current one.
+    INGEST_PREFETCH: bool = True
     EXTRACT_TIMEOUT_SECONDS: int = Field(default=120, ge=1)
     EXTRACT_MAX_MEMORY_MB: int = Field(default=2048, ge=128)
     PDF_MAX_PAGES: int = Field(default=2000, ge=1)
@@ -78,6 +90,13 @@ class Settings(BaseSettings):
     EMBEDDING_MODEL: str = "intfloat/multilingual-e5-large"
     EMBEDDING_DEVICE: str = "cpu"
     EMBEDDING_BATCH_SIZE: int = Field(default=32, ge=1)
+    # What computes the vectors on CPU: torch, or an ONNX Runtime / OpenVINO export of the same
+    # model built once into EMBEDDING_CACHE_DIR (`python -m app.cli embeddings build`, else on
+    # first load); a backend that cannot be built or loaded falls back to torch (one log line).
+    EMBEDDING_BACKEND: Literal["torch", "onnx", "openvino"] = "openvino"
+    # int8: OpenVINO statically quantized on shipped calibration passages, ONNX dynamically.
+    EMBEDDING_QUANTIZE: Literal["none", "int8"] = "int8"
+    EMBEDDING_CACHE_DIR: Path = Path("embedding_cache")
 
     # --- answering ---
     FIREWORKS_API_KEY: str | None = None
@@ -178,6 +197,11 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.CHUNK_SIZE and self.CHUNK_OVERLAP and self.CHUNK_OVERLAP >= self.CHUNK_SIZE:
             raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
+        if self.EMBEDDING_BACKEND == "torch" and self.EMBEDDING_QUANTIZE != "none":
+            raise ValueError(
+                "EMBEDDING_QUANTIZE=int8 needs EMBEDDING_BACKEND=openvino or onnx "
+                "(or set EMBEDDING_QUANTIZE=none for torch)"
+            )
         if self.INVOICE_MIN_TOKENS > self.INVOICE_MAX_TOKENS:
             raise ValueError("INVOICE_MIN_TOKENS must not be larger than INVOICE_MAX_TOKENS")
         return self

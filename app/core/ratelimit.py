@@ -49,6 +49,9 @@ _PREFIXED_SCHEMES = ("redis", "rediss", "valkey", "valkeys")
 # A Redis call takes well under a millisecond; one that cannot connect or answer in this many
 # seconds fails (503) instead of holding a request thread for the system's TCP timeout.
 REDIS_TIMEOUT_SECONDS = 2.0
+# The memory storage trims expired hits but keeps every key it has seen (one per chatbot, client
+# IP and conversation): keys without a live hit are dropped this often.
+IDLE_SWEEP_SECONDS = 60.0
 
 
 class RateLimiter:
@@ -68,8 +71,11 @@ class RateLimiter:
         self.shared = scheme != "memory"
         self.storage = storage.storage_from_string(storage_url, wrap_exceptions=True, **options)
         self._limiter = strategies.MovingWindowRateLimiter(self.storage)
+        self._next_sweep = time.time() + IDLE_SWEEP_SECONDS
 
     def hit(self, limit: RateLimitItem, *key: str) -> Decision:
+        if time.time() >= self._next_sweep:
+            self.forget_idle()
         with storage_errors():
             if self._limiter.hit(limit, *key):
                 return Decision(True, 0)
@@ -95,6 +101,26 @@ class RateLimiter:
 
     def reset(self) -> None:
         self.storage.reset()
+
+    def forget_idle(self, now: float | None = None) -> int:
+        """Drop the memory storage's keys whose hits have all expired (Redis expires its own
+        keys); returns how many were dropped."""
+        now = time.time() if now is None else now
+        self._next_sweep = now + IDLE_SWEEP_SECONDS
+        if not isinstance(self.storage, storage.MemoryStorage):
+            return 0
+        events, locks = self.storage.events, self.storage.locks
+        dropped = 0
+        for key in list(events):
+            with locks[key]:
+                entries = events.get(key)
+                # Newest first: the key is idle when even its newest hit has expired.
+                if not entries or entries[0].expiry <= now:
+                    events.pop(key, None)
+                    dropped += 1
+            if key not in events:
+                locks.pop(key, None)
+        return dropped
 
 
 def login_limits(settings: Settings) -> tuple[RateLimitItem, RateLimitItem]:

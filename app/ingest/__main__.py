@@ -1,7 +1,8 @@
 """Standalone ingestion workers: `python -m app.ingest [--concurrency N] [--once]`.
 
 Run as many as you like, on this machine or others, against the same database, upload folder
-(shared storage) and vector store (CHROMA_URL for a Chroma server).
+(shared storage) and vector store (CHROMA_URL for a Chroma server). With WORKER_METRICS_PORT
+each serves its Prometheus counters (documents, chunks) at /metrics on that port.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 import signal
 import sys
 import threading
+
+from prometheus_client import start_http_server
 
 from app.core.config import get_settings
 from app.core.db import get_database
@@ -30,6 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = get_settings()
     configure_logging(settings.LOG_LEVEL, settings.LOG_JSON)
+    if settings.WORKER_METRICS_PORT:
+        start_http_server(settings.WORKER_METRICS_PORT, addr=settings.WORKER_METRICS_HOST)
+        log.info(
+            "metrics on http://%s:%d/metrics",
+            settings.WORKER_METRICS_HOST,
+            settings.WORKER_METRICS_PORT,
+        )
     db = get_database()
     embedder, store, sandbox = build_ingestion_clients(settings)
     embedder.load()

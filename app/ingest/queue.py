@@ -5,9 +5,12 @@ share the queue); on SQLite the guarded UPDATE alone decides. A claim is a lease
 renews it as it makes progress; a row whose lease expired (its worker died) is claimed again,
 until INGEST_MAX_ATTEMPTS claims have been spent.
 
-Claims are fair between customers: the customer served longest ago goes first, and one with
-INGEST_MAX_PER_CUSTOMER documents being processed waits, so a tenant's backlog never holds up
-the others. (Vector deletions, which workers also sweep, are in deletions.py.)
+Claims are fair between customers: the customer served longest ago goes first, and one that
+INGEST_MAX_PER_CUSTOMER workers are busy with waits, so a tenant's backlog never holds up the
+others. A turn may take several small documents of its customer at once (a batch, bounded by
+INGEST_BATCH_DOCUMENTS and INGEST_BATCH_BYTES), which the worker embeds together; each of them
+keeps its own lease, attempts and completion. (Vector deletions, which workers also sweep, are
+in deletions.py.)
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from sqlalchemy import (
     Result,
     Select,
     and_,
+    distinct,
     func,
     or_,
     select,
@@ -93,14 +97,42 @@ def claim_next(
     max_per_customer: int,
     rebuild: Callable[[uuid.UUID], None] | None = None,
 ) -> Claim | None:
-    """Claim the next document, fairly between customers: among those with fewer than
-    `max_per_customer` documents being processed, the customer served longest ago
-    (`Customer.last_ingest_at`, never first), then its oldest document.
+    """Claim the next document alone (see `claim_batch`)."""
+    claims = claim_batch(
+        db,
+        owner,
+        lease_seconds,
+        max_attempts,
+        max_per_customer=max_per_customer,
+        max_documents=1,
+        max_bytes=0,
+        rebuild=rebuild,
+    )
+    return claims[0] if claims else None
+
+
+def claim_batch(
+    db: Database,
+    owner: str,
+    lease_seconds: int,
+    max_attempts: int,
+    *,
+    max_per_customer: int,
+    max_documents: int,
+    max_bytes: int,
+    rebuild: Callable[[uuid.UUID], None] | None = None,
+) -> list[Claim]:
+    """Claim the next documents, fairly between customers: among those that fewer than
+    `max_per_customer` workers are busy with, the customer served longest ago
+    (`Customer.last_ingest_at`, never first), then its oldest document; then, in the same
+    turn, the customer's next queued documents while there are at most `max_documents` and
+    their sizes add up to at most `max_bytes` (a larger first document goes alone). Empty
+    when there is nothing to claim.
 
     `rebuild(chatbot_id)` drops a collection whose chatbot asked for a reindex: it runs
     inside the claim's transaction, while the chatbot's row is locked, so no other worker
-    writes vectors of that chatbot before the old ones are gone (and if it fails, the claim
-    and the request are both kept for the next try)."""
+    writes vectors of that chatbot before the old ones are gone (and if it fails, the claims
+    and the request are all kept for the next try)."""
     now = utcnow()
     with db.session() as session:
         _fail_exhausted(session, now, max_attempts)
@@ -113,15 +145,26 @@ def claim_next(
                 )
             ).first()
             if candidate is None:
-                return None
+                return []
             document_id, customer_id = candidate
             if not _take_turn(session, customer_id, now, max_per_customer):
                 skipped_customers.append(customer_id)
             elif not _take_document(session, document_id, owner, now, lease_seconds, max_attempts):
                 skipped_documents.append(document_id)
             else:
-                return _claimed(session, document_id, customer_id, now, rebuild)
-        return None
+                more = _take_more(
+                    session,
+                    document_id,
+                    customer_id,
+                    owner,
+                    now,
+                    lease_seconds,
+                    max_attempts,
+                    max_documents - 1,
+                    max_bytes,
+                )
+                return _claimed(session, [document_id, *more], customer_id, now, rebuild)
+        return []
 
 
 def _fail_exhausted(session: Session, now: datetime, max_attempts: int) -> None:
@@ -167,7 +210,7 @@ def _candidate(
         .join(Document, Document.chatbot_id == Chatbot.id)
         .where(_live(now))
         .group_by(Chatbot.customer_id)
-        .having(func.count() >= max_per_customer)
+        .having(func.count(distinct(Document.lease_owner)) >= max_per_customer)
     )
     query = (
         select(Document.id, Chatbot.customer_id)
@@ -193,8 +236,9 @@ INGEST_LOCK_CLASS = 0x1A6E57
 
 
 def _take_turn(session: Session, customer_id: uuid.UUID, now: datetime, cap: int) -> bool:
-    """Lock the customer's turn, then count its live jobs: two workers never both take the
-    last free slot of one customer. False: another worker is claiming for it, or it is full.
+    """Lock the customer's turn, then count the workers busy with its documents: two workers
+    never both take the last free slot of one customer. False: another worker is claiming
+    for it, or it is full. (A worker counts once however many of its documents it holds.)
 
     PostgreSQL: a transaction-scoped advisory lock, not the customer's row, which answers
     being charged update (their transactions lock the chatbot, then the customer: a claim
@@ -211,7 +255,7 @@ def _take_turn(session: Session, customer_id: uuid.UUID, now: datetime, cap: int
         if not session.scalar(select(func.pg_try_advisory_xact_lock(INGEST_LOCK_CLASS, key))):
             return False
     running = session.scalar(
-        select(func.count())
+        select(func.count(distinct(Document.lease_owner)))
         .select_from(Document)
         .join(Chatbot, Chatbot.id == Document.chatbot_id)
         .where(Chatbot.customer_id == customer_id, _live(now))
@@ -237,33 +281,92 @@ def _take_document(
     claimed = session.execute(
         update(Document)
         .where(Document.id == document_id, _claimable(now))
-        .values(
-            status=DocumentStatus.processing,
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            attempts=Document.attempts + 1,
-            progress=0.0,
-        )
+        .values(**_lease(owner, now, lease_seconds))
     )
     return _rowcount(claimed) == 1  # 0: another worker won (SQLite has no row locks)
 
 
+def _lease(owner: str, now: datetime, lease_seconds: int) -> dict[str, Any]:
+    return {
+        "status": DocumentStatus.processing,
+        "lease_owner": owner,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "attempts": Document.attempts + 1,
+        "progress": 0.0,
+    }
+
+
+def _take_more(
+    session: Session,
+    first_id: uuid.UUID,
+    customer_id: uuid.UUID,
+    owner: str,
+    now: datetime,
+    lease_seconds: int,
+    max_attempts: int,
+    room: int,
+    max_bytes: int,
+) -> list[uuid.UUID]:
+    """The customer's next claimable documents that fit beside the first one (oldest first,
+    while the turn is locked); those another worker holds locked are passed over."""
+    if room <= 0:
+        return []
+    budget = max_bytes - (
+        session.scalar(select(Document.size_bytes).where(Document.id == first_id)) or 0
+    )
+    if budget <= 0:
+        return []
+    rows = session.execute(
+        select(Document.id, Document.size_bytes)
+        .join(Chatbot, Chatbot.id == Document.chatbot_id)
+        .where(
+            Chatbot.customer_id == customer_id,
+            _claimable(now),
+            Document.attempts < max_attempts,
+            Document.id != first_id,
+            Document.size_bytes <= budget,
+        )
+        .order_by(Document.uploaded_at, Document.id)
+        .limit(room)
+        .with_for_update(of=Document, skip_locked=True)
+    ).all()
+    picked: list[uuid.UUID] = []
+    for document_id, size in rows:
+        if size > budget:
+            break  # in upload order: a later small one waits for the next turn
+        picked.append(document_id)
+        budget -= size
+    if not picked:
+        return []
+    taken = session.execute(
+        update(Document)
+        .where(Document.id.in_(picked), _claimable(now), Document.attempts < max_attempts)
+        .values(**_lease(owner, now, lease_seconds))
+        .returning(Document.id)
+    )
+    claimed = set(taken.scalars())  # SQLite: another worker may have won some
+    return [document_id for document_id in picked if document_id in claimed]
+
+
 def _claimed(
     session: Session,
-    document_id: uuid.UUID,
+    document_ids: list[uuid.UUID],
     customer_id: uuid.UUID,
     now: datetime,
     rebuild: Callable[[uuid.UUID], None] | None,
-) -> Claim:
-    document = session.execute(select(Document).where(Document.id == document_id)).scalar_one()
+) -> list[Claim]:
+    documents = {
+        d.id: d for d in session.scalars(select(Document).where(Document.id.in_(document_ids)))
+    }
     if rebuild is not None:
-        flagged = session.execute(
-            update(Chatbot)
-            .where(Chatbot.id == document.chatbot_id, Chatbot.rebuild_pending.is_(True))
-            .values(rebuild_pending=False)
-        )
-        if _rowcount(flagged) == 1:
-            rebuild(document.chatbot_id)
+        for chatbot_id in dict.fromkeys(documents[i].chatbot_id for i in document_ids):
+            flagged = session.execute(
+                update(Chatbot)
+                .where(Chatbot.id == chatbot_id, Chatbot.rebuild_pending.is_(True))
+                .values(rebuild_pending=False)
+            )
+            if _rowcount(flagged) == 1:
+                rebuild(chatbot_id)
     # Last, so the customer's row is locked only until the commit that follows (and after
     # the chatbot's, the order in which answers lock them). An ingestion turn is not a
     # change of the customer: updated_at stays.
@@ -272,15 +375,18 @@ def _claimed(
         .where(Customer.id == customer_id)
         .values(last_ingest_at=now, updated_at=Customer.updated_at)
     )
-    return Claim(
-        document_id=document.id,
-        chatbot_id=document.chatbot_id,
-        customer_id=customer_id,
-        filename=document.filename,
-        file_path=document.file_path,
-        file_type=document.file_type,
-        attempts=document.attempts,
-    )
+    return [
+        Claim(
+            document_id=document.id,
+            chatbot_id=document.chatbot_id,
+            customer_id=customer_id,
+            filename=document.filename,
+            file_path=document.file_path,
+            file_type=document.file_type,
+            attempts=document.attempts,
+        )
+        for document in (documents[i] for i in document_ids)
+    ]
 
 
 def _rowcount(result: Result[Any]) -> int:
@@ -300,16 +406,49 @@ def heartbeat(
 ) -> bool:
     """Record progress and renew the lease; False when the job is no longer ours (deleted,
     reindexed or taken over) and the worker must stop."""
+    return document_id in heartbeats(db, owner, {document_id: progress}, lease_seconds)
+
+
+def heartbeats(
+    db: Database, owner: str, progress: dict[uuid.UUID, float], lease_seconds: int
+) -> set[uuid.UUID]:
+    """`heartbeat` for several documents in one transaction: the ones still ours."""
+    expires = utcnow() + timedelta(seconds=lease_seconds)
+    ours: set[uuid.UUID] = set()
+    with db.session() as session:
+        for document_id, share in progress.items():
+            result = session.execute(
+                update(Document)
+                .where(_owned(document_id, owner))
+                .values(progress=round(min(max(share, 0.0), 1.0), 4), lease_expires_at=expires)
+            )
+            if _rowcount(result) == 1:
+                ours.add(document_id)
+    return ours
+
+
+def release(db: Database, document_ids: list[uuid.UUID], owner: str) -> int:
+    """Give back claims a stopping worker did not start on: queued again at once, the
+    attempt not counted."""
+    if not document_ids:
+        return 0
     with db.session() as session:
         result = session.execute(
             update(Document)
-            .where(_owned(document_id, owner))
+            .where(
+                Document.id.in_(document_ids),
+                Document.lease_owner == owner,
+                Document.status == DocumentStatus.processing,
+            )
             .values(
-                progress=round(min(max(progress, 0.0), 1.0), 4),
-                lease_expires_at=utcnow() + timedelta(seconds=lease_seconds),
+                status=DocumentStatus.queued,
+                lease_owner=None,
+                lease_expires_at=None,
+                attempts=Document.attempts - 1,
+                progress=0.0,
             )
         )
-        return _rowcount(result) == 1
+        return _rowcount(result)
 
 
 def complete(
@@ -433,6 +572,31 @@ def queue_status(session: Session, failed_limit: int = 50) -> QueueStatus:
         counts=counts,
         oldest_queued_seconds=age,
         failed=[FailedDocument(i, c, f, e or "", p) for i, c, f, e, p in failed],
+    )
+
+
+@dataclass(frozen=True)
+class Backlog:
+    queued: int
+    processing: int
+    oldest_queued_seconds: float | None
+
+
+def backlog(session: Session) -> Backlog:
+    """What /metrics shows of the queue, in one query on (status, uploaded_at)."""
+    counts, oldest = {}, None
+    for status, count, first in session.execute(
+        select(Document.status, func.count(), func.min(Document.uploaded_at))
+        .where(Document.status.in_((DocumentStatus.queued, DocumentStatus.processing)))
+        .group_by(Document.status)
+    ).all():
+        counts[DocumentStatus(status)] = int(count)
+        if status == DocumentStatus.queued:
+            oldest = first
+    return Backlog(
+        queued=counts.get(DocumentStatus.queued, 0),
+        processing=counts.get(DocumentStatus.processing, 0),
+        oldest_queued_seconds=(utcnow() - oldest).total_seconds() if oldest else None,
     )
 
 

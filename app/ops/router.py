@@ -13,7 +13,9 @@ from sqlalchemy import text
 from app.core.db import get_database
 from app.core.deps import SettingsDep
 from app.core.errors import NotFound
+from app.core.metrics import record_queue
 from app.core.schemas import errors
+from app.ingest import queue
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger("app.ops")
@@ -71,4 +73,17 @@ def _check_database() -> str:
 def metrics(settings: SettingsDep) -> Response:
     if not settings.ENABLE_METRICS:
         raise NotFound("No such endpoint; see /docs.")
+    _scrape_queue()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _scrape_queue() -> None:
+    """The queue's gauges, as of this scrape; a database that is down leaves the last values
+    (the scrape itself still answers: /ready is where the outage shows)."""
+    try:
+        with get_database().session() as session:
+            backlog = queue.backlog(session)
+    except Exception:
+        log.warning("could not read the ingestion queue for /metrics", exc_info=True)
+        return
+    record_queue(backlog.queued, backlog.processing, backlog.oldest_queued_seconds)

@@ -21,7 +21,7 @@ import anyio
 from anyio import to_thread
 
 from app.core.errors import LLMUnavailable
-from app.core.metrics import LLM_SECONDS
+from app.core.metrics import LLM_SECONDS, observe_since
 from app.query import service
 from app.query.schemas import DemoResponse, QueryResponse, Usage
 from app.query.service import Prepared, QueryTools
@@ -147,6 +147,7 @@ async def answer_json(
                 log.warning("llm failed", extra={"reason": str(exc)})
                 raise LLMUnavailable() from exc
             LLM_SECONDS.observe(time.perf_counter() - started)
+            observe_since("first_token", prepared.started)
             answer = completion.text
             if completion.input_tokens is None or completion.output_tokens is None:
                 input_tokens, output_tokens = await _counted(tools, prepared, answer)
@@ -233,6 +234,7 @@ class StreamedAnswer:
                     if isinstance(item, StreamDelta):
                         if not parts and prepared.mode == "llm":
                             LLM_SECONDS.observe(time.perf_counter() - started)
+                            observe_since("first_token", prepared.started)
                         parts.append(item.text)
                         yield sse("token", {"text": item.text})
                     else:

@@ -65,7 +65,7 @@ from app.core.errors import (
     QuestionTooLong,
     RateLimited,
 )
-from app.core.metrics import ANSWERS, TOKENS
+from app.core.metrics import ANSWERS, QUERY_SECONDS, TOKENS, observe_since
 from app.core.ratelimit import RateLimiter
 from app.core.schemas import PageParams
 from app.core.security import api_keys_match
@@ -309,6 +309,8 @@ def prepare(tools: QueryTools, asker: Asker, question: str, session_id: str) -> 
         elif reserve > 0:
             prepared.month = reserve_answer(session, settings, asker, prepared.message_id, reserve)
             prepared.reserved = reserve
+    if mode != "llm":  # the answer is known now: its first token is ready
+        observe_since("first_token", started)
     return prepared
 
 
@@ -359,9 +361,11 @@ def retrieve(tools: QueryTools, asker: Asker, question: str) -> list[Hit]:
 
 def _dense_hits(tools: QueryTools, asker: Asker, question: str, k: int) -> list[Hit]:
     embedder = tools.embedder
-    vector = embedder.embed_query(question)
+    with QUERY_SECONDS.labels("embed").time():
+        vector = embedder.embed_query(question)
     try:
-        hits = tools.store.query(asker.chatbot_id, embedder.model_name, vector, k)
+        with QUERY_SECONDS.labels("search").time():
+            hits = tools.store.query(asker.chatbot_id, embedder.model_name, vector, k)
     except EmbeddingModelMismatch as exc:
         raise ReindexNeeded(
             f"This chatbot's documents were embedded with {exc.stored_model}, but the server "
@@ -508,6 +512,7 @@ def finish(
     ANSWERS.labels(prepared.mode, "interrupted" if interrupted else "ok").inc()
     TOKENS.labels("input", demo).inc(input_tokens)
     TOKENS.labels("output", demo).inc(output_tokens)
+    observe_since("total", prepared.started)
     with db.session() as session:
         if not asker.demo:
             # Rows are locked in one order everywhere (the reservation, the chatbot's month,

@@ -2,6 +2,10 @@
 
 e5 models are trained with `query: ` / `passage: ` prefixes; they are added here, so callers
 never think about them. Vectors are L2-normalised (cosine similarity == dot product).
+
+The vectors come from torch, or from an ONNX Runtime / OpenVINO export of the same model
+(`backend`, `quantize`: see embedding_backends.py), built once into `cache_dir`. A backend that
+cannot be built or loaded here falls back to torch with one log line saying why.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 from app.core.errors import ServiceUnavailable
+from app.rag.embedding_backends import ExportedEncoder, Variant
 
 log = logging.getLogger("app.rag.embeddings")
 
@@ -59,10 +64,22 @@ def resolve_model(name: str) -> tuple[str, str]:
 class Embedder:
     """Thread-safe after `load()`; every method here blocks (call from a worker thread)."""
 
-    def __init__(self, model_name: str, device: str = "cpu", batch_size: int = 32):
+    def __init__(
+        self,
+        model_name: str,
+        device: str = "cpu",
+        batch_size: int = 32,
+        *,
+        backend: str = "torch",
+        quantize: str = "none",
+        cache_dir: Path | str = Path("embedding_cache"),
+    ):
         self.model_name, self._source = resolve_model(model_name)
         self.device = device
         self.batch_size = batch_size
+        self.requested = None if backend == "torch" else Variant(backend, quantize)
+        self.cache_dir = Path(cache_dir)
+        self._exported: ExportedEncoder | None = None
         self.is_e5 = "e5" in self.model_name.lower().replace("\\", "/").split("/")[-1]
         self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
@@ -94,13 +111,50 @@ class Embedder:
                 self._error = error
                 self._loaded.set()
                 raise error from exc
+            self._exported = self._load_exported(model)
             self._model = model
             self._error = None
             self._loaded.set()
             log.info(
                 "embedding model loaded",
-                extra={"model": self.model_name, "dimension": self.dimension},
+                extra={
+                    "model": self.model_name,
+                    "dimension": self.dimension,
+                    "backend": self.backend,
+                },
             )
+
+    def _load_exported(self, model: SentenceTransformer) -> ExportedEncoder | None:
+        """The requested export (built now if absent), or None (torch) with one log line."""
+        variant = self.requested
+        if variant is None or self.device != "cpu":
+            return None
+        try:
+            exported, _ = self.build_export(variant, model)
+        except Exception as exc:
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            log.warning("embedding backend %s unavailable, using torch: %s", variant.label, reason)
+            return None
+        return exported
+
+    def build_export(
+        self, variant: Variant, model: SentenceTransformer | None = None
+    ) -> tuple[ExportedEncoder, bool]:
+        """The variant built into cache_dir if absent, then loaded; (encoder, built now).
+        Raises when it cannot be (the CLI reports it; `load` falls back to torch)."""
+        from app.rag import embedding_backends
+
+        model = model if model is not None else self.model
+        folder, built = embedding_backends.build(
+            model, self.model_name, self._source, variant, self.cache_dir
+        )
+        runner = embedding_backends.load_runner(folder, variant, torch_threads())
+        return ExportedEncoder(model, runner, variant, folder), built
+
+    @property
+    def backend(self) -> str:
+        """What computes the vectors: torch, onnx, onnx-int8, openvino or openvino-int8."""
+        return self._exported.variant.label if self._exported is not None else "torch"
 
     @property
     def model(self) -> SentenceTransformer:
@@ -139,10 +193,17 @@ class Embedder:
     def embed_query(self, text: str) -> list[float]:
         return self._encode([f"query: {text}" if self.is_e5 else text])[0]
 
+    def embed_queries(self, texts: Sequence[str]) -> list[list[float]]:
+        """Several questions in one call (one batch through the backend): `embed_query` each."""
+        return self._encode([f"query: {t}" if self.is_e5 else t for t in texts])
+
     def _encode(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
-        vectors: Any = self.model.encode(
+        model = self.model  # loads it (and the export) on first use
+        if self._exported is not None:
+            return self._exported.encode(texts, self.batch_size).tolist()  # type: ignore[no-any-return]
+        vectors: Any = model.encode(
             texts,
             batch_size=self.batch_size,
             normalize_embeddings=True,
@@ -196,3 +257,9 @@ class Embedder:
     def chunk_budget(self) -> int:
         """Default chunk size: the model's window less the special tokens and the e5 prefix."""
         return max(32, min(self.max_seq_length, 512) - (8 if self.is_e5 else 4))
+
+
+def torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())

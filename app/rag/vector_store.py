@@ -8,12 +8,14 @@ dimension it was built with; mixing models is refused (reindex instead).
 from __future__ import annotations
 
 import logging
+import resource
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import chromadb
@@ -67,8 +69,51 @@ def collection_name(chatbot_id: uuid.UUID) -> str:
     return f"chatbot_{chatbot_id.hex}"
 
 
+# Collection handles kept by default: a handle costs a few KB, a miss one more Chroma call.
+DEFAULT_HANDLE_CACHE_SIZE = 1000
+
+
+class HandleCache:
+    """Collection handles, least recently used first out, so memory does not grow with the
+    number of chatbots a long-lived process has ever answered for. Thread-safe."""
+
+    def __init__(self, capacity: int):
+        self.capacity = max(0, capacity)
+        self._items: OrderedDict[uuid.UUID, Collection] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: uuid.UUID) -> Collection | None:
+        with self._lock:
+            handle = self._items.get(key)
+            if handle is not None:
+                self._items.move_to_end(key)
+            return handle
+
+    def put(self, key: uuid.UUID, handle: Collection) -> None:
+        if self.capacity == 0:
+            return
+        with self._lock:
+            self._items[key] = handle
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def pop(self, key: uuid.UUID) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+
 class VectorStore:
-    def __init__(self, path: Path | None = None, url: str | None = None, token: str | None = None):
+    def __init__(
+        self,
+        path: Path | None = None,
+        url: str | None = None,
+        token: str | None = None,
+        handle_cache_size: int = DEFAULT_HANDLE_CACHE_SIZE,
+    ):
         self._path, self._url, self._token = path, url, token
         self._client: ClientAPI | None = None
         # Creating a collection is not atomic across threads in the embedded client.
@@ -76,7 +121,7 @@ class VectorStore:
         self._client_lock = threading.Lock()
         # Collection handles, so a question costs one Chroma call. A handle goes stale when
         # the collection is dropped (possibly by another process): evicted on NotFoundError.
-        self._handles: dict[uuid.UUID, Collection] = {}
+        self._handles = HandleCache(handle_cache_size)
 
     @property
     def client(self) -> ClientAPI:
@@ -102,9 +147,9 @@ class VectorStore:
         try:
             handle = client.get_collection(collection_name(chatbot_id), embedding_function=None)
         except (NotFoundError, ValueError):
-            self._handles.pop(chatbot_id, None)
+            self._handles.pop(chatbot_id)
             return None
-        self._handles[chatbot_id] = handle
+        self._handles.put(chatbot_id, handle)
         return handle
 
     def _collection_for_write(
@@ -124,7 +169,7 @@ class VectorStore:
             )
             if _model_differs(collection, model) and collection.count() == 0:
                 # Empty (its documents were deleted): nothing to keep, so no reindex needed.
-                self._handles.pop(chatbot_id, None)
+                self._handles.pop(chatbot_id)
                 self.client.delete_collection(name)
                 collection = self.client.create_collection(
                     name, metadata=metadata, embedding_function=None
@@ -210,8 +255,19 @@ class VectorStore:
         if collection is not None:
             collection.delete(where={"document_id": str(document_id)})
 
+    def delete_documents(self, chatbot_id: uuid.UUID, document_ids: Sequence[uuid.UUID]) -> None:
+        """`delete_document` for several documents of one chatbot, in one call."""
+        if len(document_ids) == 1:
+            self.delete_document(chatbot_id, document_ids[0])
+            return
+        collection = self._collection(chatbot_id, fresh=True)
+        if collection is not None and document_ids:
+            ids: list[str | int | float | bool] = [str(d) for d in document_ids]
+            among: dict[Literal["$in", "$nin"], list[str | int | float | bool]] = {"$in": ids}
+            collection.delete(where={"document_id": among})
+
     def delete_chatbot(self, chatbot_id: uuid.UUID) -> None:
-        self._handles.pop(chatbot_id, None)
+        self._handles.pop(chatbot_id)
         client = self.client  # outside the `try`, as in `_collection`
         try:
             client.delete_collection(collection_name(chatbot_id))
@@ -246,4 +302,30 @@ def _make_client(path: Path | None, url: str | None, token: str | None = None) -
         )
     assert path is not None
     path.mkdir(parents=True, exist_ok=True)
+    raise_open_files_limit()
     return chromadb.PersistentClient(path=str(path), settings=settings)
+
+
+# Embedded Chroma keeps every collection's vector index open (5 files each) in a cache of
+# (open-files soft limit) / 5 collections, read when the client is built. An index evicted
+# before it reached disk (a small collection: below its sync threshold) is not found again
+# until a restart ("Nothing found on disk"), so the cache must hold every collection: at the
+# usual soft limit of 1024 that is 204 chatbots; at 65536, 13107. The hard limit is the
+# operator's ceiling.
+OPEN_FILES_WANTED = 65536
+
+
+def raise_open_files_limit(wanted: int = OPEN_FILES_WANTED) -> int:
+    """Raise this process's open-files soft limit towards `wanted` (never above the hard
+    limit, never down); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d: %s", soft, exc)
+            return soft
+        log.info("open-files limit raised from %d to %d for embedded Chroma", soft, target)
+        return target
+    return soft
