@@ -12,7 +12,7 @@ from sqlalchemy import Connection
 from app.core.config import get_settings
 from app.core.db import build_engine
 from app.models import Base
-from app.models.base import UTCDateTime
+from app.models.base import UTCDateTime, comparison_filters
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -35,6 +35,7 @@ def _configure(connection: Connection | None = None, url: str | None = None) -> 
         url=url,
         target_metadata=target_metadata,
         compare_type=True,
+        **comparison_filters("sqlite" if dialect.startswith("sqlite") else dialect),
         # SQLite cannot ALTER most things; batch mode rebuilds the table instead.
         render_as_batch=dialect.startswith("sqlite"),
         literal_binds=connection is None,

@@ -17,6 +17,7 @@ from app.core.db import get_database
 from app.core.handlers import install_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware, TenantCORSMiddleware
+from app.documents.passages import lexical_index_problem
 from app.documents.router import UPLOAD_PATH_PREFIX
 from app.documents.router import router as documents_router
 from app.documents.upload import upload_body_limit
@@ -42,6 +43,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.SECRET_KEY == PLACEHOLDER_SECRET_KEY
         else f"set ({len(settings.SECRET_KEY.encode())} bytes)",
     )
+    problem = await anyio.to_thread.run_sync(lexical_index_problem, get_database())
+    if problem is not None:
+        log.error("refusing to start: %s", problem)
+        raise RuntimeError(problem)
     settings.UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
     runtime = await anyio.to_thread.run_sync(Runtime.build, settings)
     runtime.start(get_database())

@@ -11,6 +11,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy.engine import make_url
 
 from app.models import Base
+from app.models.base import comparison_filters
 from tests.conftest import DATABASE_URL, run_alembic
 
 EXPECTED_TABLES = {
@@ -64,7 +65,8 @@ def test_models_and_migrations_do_not_drift(fresh_url):
     engine = sa.create_engine(fresh_url)
     try:
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            filters = comparison_filters(conn.dialect.name)
+            context = MigrationContext.configure(conn, opts={"compare_type": True, **filters})
             diff = compare_metadata(context, Base.metadata)
     finally:
         engine.dispose()

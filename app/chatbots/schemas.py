@@ -3,12 +3,13 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, StrictFloat, StrictInt
 
 from app.core.schemas import NoNul, NotBlank, Schema, StripNoNul
+from app.documents.passages import LANGUAGES
 
 _HOST = re.compile(
     r"^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$|^[0-9a-f:.]+$"
@@ -56,6 +57,34 @@ MonthlyTokenLimit = Annotated[
 ]
 
 
+RetrievalMode = Annotated[
+    Literal["dense", "hybrid", "lexical"],
+    Field(
+        description="How passages are found: dense (embeddings), lexical (full-text search) or "
+        "hybrid (both, fused by rank); null: the server's RETRIEVAL_MODE."
+    ),
+]
+
+
+def _language(value: str) -> str:
+    if value not in LANGUAGES:
+        raise ValueError(f"a language is one of: {', '.join(LANGUAGES)}")
+    return value
+
+
+Language = Annotated[
+    str,
+    Field(
+        max_length=32,
+        examples=["english"],
+        description="The documents' language for full-text search (stemming, stop words) on "
+        "PostgreSQL; null: simple (no stemming).",
+        json_schema_extra={"enum": list(LANGUAGES)},
+    ),
+    AfterValidator(_language),
+]
+
+
 class ChatbotCreate(Schema):
     name: ChatbotName
     description: Description | None = None
@@ -65,6 +94,8 @@ class ChatbotCreate(Schema):
     allowed_origins: Origins = Field(default_factory=list)
     welcome_message: WelcomeMessage | None = None
     monthly_token_limit: MonthlyTokenLimit | None = None
+    retrieval_mode: RetrievalMode | None = None
+    language: Language | None = None
 
 
 class ChatbotUpdate(Schema):
@@ -80,6 +111,8 @@ class ChatbotUpdate(Schema):
     temperature: Temperature | None = None
     welcome_message: WelcomeMessage | None = None
     monthly_token_limit: MonthlyTokenLimit | None = None
+    retrieval_mode: RetrievalMode | None = None
+    language: Language | None = None
 
 
 class Chatbot(Schema):
@@ -93,6 +126,8 @@ class Chatbot(Schema):
     allowed_origins: list[str]
     welcome_message: str | None
     monthly_token_limit: int | None
+    retrieval_mode: str | None
+    language: str | None
     api_key: str = Field(description="Publishable key for the public query endpoint and widget.")
     demo_message_count: int
     created_at: datetime

@@ -17,6 +17,7 @@ from app.core.db import after_commit, paginate
 from app.core.errors import AdminRequired, Conflict, NotFound
 from app.core.schemas import PageParams
 from app.core.security import generate_api_key
+from app.documents import passages
 from app.ingest import deletions
 from app.models import Chatbot, Customer, Role
 from app.rag.vector_store import VectorStore
@@ -79,9 +80,12 @@ def create_chatbot(
 
 def update_chatbot(session: Session, chatbot: Chatbot, data: ChatbotUpdate) -> Chatbot:
     changes = data.model_dump(exclude_unset=True)
+    relanguage = "language" in changes and changes["language"] != chatbot.language
     for field, value in changes.items():
         setattr(chatbot, field, value)
     session.flush()
+    if relanguage:
+        passages.relanguage(session, chatbot.id, chatbot.language)
     return chatbot
 
 

@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     # ...and at most this many characters of them (older turns dropped first).
     HISTORY_MAX_CHARS: int = Field(default=8000, ge=0)
     MIN_SCORE: float = Field(default=0.0, ge=-1, le=1)
+    # How passages are found (a chatbot's retrieval_mode overrides it): dense (the embedding
+    # model), lexical (the database's full-text search), hybrid (both, fused by rank).
+    RETRIEVAL_MODE: Literal["dense", "hybrid", "lexical"] = "hybrid"
+    # Passages each retriever proposes before fusion keeps the chatbot's top_k.
+    RETRIEVAL_CANDIDATES: int = Field(default=20, ge=1, le=200)
     FALLBACK_MESSAGE: str = "I could not find anything about that in the documents I was given."
     SSE_HEARTBEAT_SECONDS: float = Field(default=15.0, gt=0)
     DEMO_MESSAGE_LIMIT: int = Field(default=10, ge=0)

@@ -16,6 +16,7 @@ from app.core.config import Settings
 from app.core.db import Database, after_commit, paginate
 from app.core.errors import Conflict, NotFound, UnsupportedMediaType
 from app.core.schemas import PageParams
+from app.documents.passages import delete_chatbot_passages
 from app.documents.upload import ReceivedFile
 from app.ingest import deletions
 from app.models import Chatbot, Document, DocumentStatus
@@ -212,6 +213,8 @@ def reindex(session: Session, chatbot: Chatbot, wake: Callable[[], None] | None 
         )
     )
     chatbot.rebuild_pending = True
+    # The lexical index is rebuilt as each document is processed again.
+    delete_chatbot_passages(session, chatbot.id)
     session.flush()
     if wake is not None:
         after_commit(session, wake)

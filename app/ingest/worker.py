@@ -19,6 +19,7 @@ from pathlib import Path
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.metrics import CHUNKS, INGESTED
+from app.documents.passages import PassageText, replace_passages
 from app.ingest import deletions, queue
 from app.models import DocumentStatus
 from app.rag.chunking import Chunk, chunk_sections
@@ -208,6 +209,8 @@ class IngestWorker:
                 self.store.delete_documents(
                     chatbot_jobs[0].claim.chatbot_id, [j.claim.document_id for j in chatbot_jobs]
                 )
+                for job in chatbot_jobs:  # the lexical index, before any vector
+                    self._store_passages(job.claim, job.chunks)
             except Exception as exc:
                 self._fail_unexpectedly(chatbot_jobs, exc)
                 jobs = [j for j in jobs if j not in chatbot_jobs]
@@ -351,6 +354,17 @@ class IngestWorker:
             raise ExtractionError(MSG_EMPTY)
         pages = max((s.page for s in sections if s.page is not None), default=None)
         return chunks, pages
+
+    def _store_passages(self, claim: queue.Claim, chunks: list[Chunk]) -> None:
+        """The lexical index's rows, all in one transaction (a deleted document's insert fails
+        on its foreign key and the job is dropped)."""
+        with self.db.session() as session:
+            replace_passages(
+                session,
+                claim.chatbot_id,
+                claim.document_id,
+                [PassageText(c.index, c.page, c.text) for c in chunks],
+            )
 
     def _drop(self, claim: queue.Claim) -> None:
         """Clean up after a job we lost: vectors of a deleted document, the collection of a

@@ -14,6 +14,7 @@ from app.models.chatbot import Chatbot
 from app.models.customer import Customer
 from app.models.document import Document, DocumentStatus
 from app.models.ledger import PendingDeletion, TokenReservation
+from app.models.passage import Passage
 from app.models.usage_token import UsageToken
 from app.models.user import Role, User
 
@@ -24,6 +25,7 @@ __all__ = [
     "ChatbotMonthlyUsage",
     "InvoiceCounter",
     "InvoiceStatus",
+    "Passage",
     "PendingDeletion",
     "TokenCredit",
     "TokenReservation",

@@ -60,3 +60,18 @@ class Timestamps:
     updated_at: Mapped[datetime] = mapped_column(
         default=utcnow, onupdate=utcnow, server_default=func.now()
     )
+
+
+def comparison_filters(dialect: str) -> dict[str, Any]:
+    """What Alembic's model/database comparison leaves out on `dialect`: SQLite's FTS5 tables
+    (created by hand in a migration; the models do not describe them) and objects the models
+    create only on another database (`ddl_if`, e.g. a GIN index)."""
+
+    def include_name(name: str | None, type_: str, _parents: object) -> bool:
+        return not (type_ == "table" and (name or "").startswith("passages_fts"))
+
+    def include_object(obj: Any, _name: object, _type: str, reflected: bool, _to: object) -> bool:
+        condition = getattr(obj, "_ddl_if", None)
+        return reflected or condition is None or condition.dialect in (None, dialect)
+
+    return {"include_name": include_name, "include_object": include_object}

@@ -28,3 +28,7 @@ class Chatbot(UUIDPk, Timestamps, Base):
     # Reindex asked for: the next worker that claims one of its documents drops the old
     # collection first (so any process can ask, and a crash between the two loses nothing).
     rebuild_pending: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Retrieval: None follows RETRIEVAL_MODE; the text-search language of PostgreSQL
+    # (a regconfig such as "english"), None: "simple" (no stemming, no stop words).
+    retrieval_mode: Mapped[str | None] = mapped_column(String(16))
+    language: Mapped[str | None] = mapped_column(String(32))

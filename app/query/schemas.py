@@ -44,7 +44,14 @@ class Source(Schema):
     filename: str
     chunk_index: int
     page: int | None = None
-    score: float = Field(description="Cosine similarity of the passage to the question.")
+    score: float = Field(
+        description="In dense retrieval, the cosine similarity of the passage to the question; "
+        "in hybrid and lexical retrieval, its reciprocal-rank-fused score (the sum of "
+        "1 / (60 + rank) over the retrievers that found it)."
+    )
+    retrievers: list[Literal["dense", "lexical"]] = Field(
+        description="Which retrievers found the passage."
+    )
     text: str
 
 

@@ -75,6 +75,7 @@ from app.core.schemas import PageParams
 from app.core.security import TokenClaims, api_keys_match
 from app.models import Chatbot, ChatHistory, Customer, Document, DocumentStatus
 from app.models.base import utcnow
+from app.query.retrieval import find_passages
 from app.query.schemas import PublicChatbot
 from app.rag.batching import QueryEmbedder
 from app.rag.embeddings import Embedder
@@ -119,6 +120,8 @@ class Asker:
     api_key: str = field(default="", repr=False)
     user_id: uuid.UUID | None = None
     demo: bool = False
+    retrieval_mode: str | None = None  # None: RETRIEVAL_MODE
+    language: str | None = None
 
 
 @dataclass
@@ -150,6 +153,8 @@ def _asker(chatbot: Chatbot, user_id: uuid.UUID | None = None, demo: bool = Fals
         api_key=chatbot.api_key,
         user_id=user_id,
         demo=demo,
+        retrieval_mode=chatbot.retrieval_mode,
+        language=chatbot.language,
     )
 
 
@@ -364,12 +369,26 @@ def reserve_answer(
 
 
 def retrieve(tools: QueryTools, asker: Asker, question: str) -> list[Hit]:
+    mode = asker.retrieval_mode or tools.settings.RETRIEVAL_MODE
+    return find_passages(
+        tools.settings,
+        tools.db,
+        lambda k: _dense_hits(tools, asker, question, k),
+        asker.chatbot_id,
+        asker.language,
+        mode,
+        question,
+        asker.top_k,
+    )
+
+
+def _dense_hits(tools: QueryTools, asker: Asker, question: str, k: int) -> list[Hit]:
     embedder = tools.embedder
     with QUERY_SECONDS.labels("embed").time():
         vector = tools.questions.embed(question)
     try:
         with QUERY_SECONDS.labels("search").time():
-            hits = tools.store.query(asker.chatbot_id, embedder.model_name, vector, asker.top_k)
+            hits = tools.store.query(asker.chatbot_id, embedder.model_name, vector, k)
     except EmbeddingModelMismatch as exc:
         raise ReindexNeeded(
             f"This chatbot's documents were embedded with {exc.stored_model}, but the server "
@@ -584,6 +603,7 @@ def source_dict(hit: Hit) -> dict[str, object]:
         "chunk_index": int(hit.metadata.get("chunk_index", 0)),
         "page": int(page) if page is not None else None,
         "score": round(hit.score, 4),
+        "retrievers": list(hit.retrievers),
         "text": hit.text,
     }
 

@@ -60,8 +60,9 @@ class ChunkRecord:
 class Hit:
     id: str
     text: str
-    score: float  # cosine similarity, -1..1
+    score: float  # cosine similarity, -1..1; after fusion, the fused score
     metadata: dict[str, Any]
+    retrievers: tuple[str, ...] = ("dense",)  # which retrievers found it
 
 
 def collection_name(chatbot_id: uuid.UUID) -> str:

@@ -1,0 +1,177 @@
+"""The lexical index on both databases: PostgreSQL (tsvector + GIN) and SQLite (FTS5, the
+zero-setup default), built by the migrations, through the domain functions the worker, the
+query path and reindex use."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, text, update
+
+from app.chatbots.schemas import ChatbotUpdate
+from app.chatbots.service import update_chatbot
+from app.core.config import Settings
+from app.core.db import Database, get_database
+from app.documents.passages import (
+    PassageText,
+    count_passages,
+    lexical_index_problem,
+    replace_passages,
+    search,
+)
+from app.documents.service import reindex
+from app.models import Chatbot, Customer, Document, DocumentStatus
+from tests.conftest import run_alembic
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def db(request: pytest.FixtureRequest, tmp_path: Path, is_postgres: bool) -> Iterator[Database]:
+    """The suite's database for "postgresql" (skipped when the suite runs on SQLite, which
+    the other parameter covers), or a fresh SQLite file built by `alembic upgrade head`."""
+    if request.param == "postgresql":
+        if not is_postgres:
+            pytest.skip("the suite runs on SQLite")
+        yield get_database()
+        return
+    url = f"sqlite:///{tmp_path / 'lexical.db'}"
+    run_alembic(url, "upgrade", "head")
+    database = Database(Settings(DATABASE_URL=url, _env_file=None))  # type: ignore[call-arg]
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+def _chatbot(db: Database, **fields: object) -> uuid.UUID:
+    with db.session() as session:
+        customer = Customer(name="c", contact_email=f"{uuid.uuid4().hex}@example.com")
+        session.add(customer)
+        session.flush()
+        chatbot = Chatbot(customer_id=customer.id, name="b", api_key=uuid.uuid4().hex, **fields)
+        session.add(chatbot)
+        session.flush()
+        return chatbot.id
+
+
+def _document(
+    db: Database, chatbot_id: uuid.UUID, texts: list[str], ready: bool = True
+) -> uuid.UUID:
+    with db.session() as session:
+        document = Document(
+            chatbot_id=chatbot_id,
+            filename="manual.txt",
+            file_path="x",
+            file_type="txt",
+            status=DocumentStatus.ready if ready else DocumentStatus.processing,
+        )
+        session.add(document)
+        session.flush()
+        replace_passages(
+            session,
+            chatbot_id,
+            document.id,
+            [PassageText(i, None, t) for i, t in enumerate(texts)],
+        )
+        return document.id
+
+
+def _found(db: Database, chatbot_id: uuid.UUID, question: str, limit: int = 10) -> list[str]:
+    with db.session() as session:
+        return [hit.text for hit in search(session, chatbot_id, question, None, limit)]
+
+
+def test_database_has_a_working_lexical_engine(db: Database) -> None:
+    assert lexical_index_problem(db) is None
+
+
+def test_search_ranks_matches_inside_the_chatbot_only(db: Database) -> None:
+    a, b = _chatbot(db), _chatbot(db)
+    doc = _document(
+        db,
+        a,
+        [
+            "Replacement gasket: order part QX-48213-B.",
+            "The motor has 1200 watts.",
+            "Clean the jug, the lid and the gasket with warm water.",
+        ],
+    )
+    _document(db, b, ["Quokkafrost sorbet and a gasket QX-48213-B of tenant B."])
+
+    assert (
+        _found(db, a, "Which gasket is QX-48213-B?")[0]
+        == "Replacement gasket: order part QX-48213-B."
+    )
+    assert _found(db, a, "quokkafrost sorbet") == []
+    assert _found(db, b, "quokkafrost") == [
+        "Quokkafrost sorbet and a gasket QX-48213-B of tenant B."
+    ]
+    # Punctuation and query syntax in a question are words, not operators.
+    assert _found(db, a, 'motor" OR NOT * (watts') == ["The motor has 1200 watts."]
+    assert _found(db, a, "?!") == []
+    with db.session() as session:
+        (hit,) = search(session, a, "1200 watts", None, 10)
+    assert hit.id == f"{doc}:1" and hit.retrievers == ("lexical",)
+    assert hit.metadata == {
+        "document_id": str(doc),
+        "chatbot_id": str(a),
+        "filename": "manual.txt",
+        "chunk_index": 1,
+    }
+
+
+def test_passages_are_replaced_removed_with_their_document_and_emptied_by_reindex(
+    db: Database,
+) -> None:
+    chatbot_id = _chatbot(db)
+    doc = _document(db, chatbot_id, ["Old text about zebras."])
+    with db.session() as session:  # a retried job writes again
+        replace_passages(session, chatbot_id, doc, [PassageText(0, 2, "New text about okapis.")])
+    assert _found(db, chatbot_id, "zebras") == []
+    assert _found(db, chatbot_id, "okapis") == ["New text about okapis."]
+    pending = _document(db, chatbot_id, ["Okapis in a document still processing."], ready=False)
+    assert _found(db, chatbot_id, "okapis") == ["New text about okapis."]
+
+    with db.session() as session:
+        chatbot = session.get(Chatbot, chatbot_id)
+        assert chatbot is not None
+        assert reindex(session, chatbot) == 2
+    with db.session() as session:
+        assert count_passages(session, chatbot_id) == 0
+        replace_passages(session, chatbot_id, doc, [PassageText(0, None, "Rebuilt okapis.")])
+        session.execute(
+            update(Document)
+            .where(Document.chatbot_id == chatbot_id)
+            .values(status=DocumentStatus.ready)
+        )
+    assert _found(db, chatbot_id, "okapis") == ["Rebuilt okapis."]
+
+    with db.session() as session:
+        session.execute(delete(Document).where(Document.id.in_([doc, pending])))
+    assert _found(db, chatbot_id, "okapis") == []
+    with db.session() as session:
+        assert count_passages(session, chatbot_id) == 0
+        if db.engine.dialect.name == "sqlite":
+            # The FTS5 index agrees with its content table after the cascaded deletes.
+            session.execute(
+                text("INSERT INTO passages_fts(passages_fts) VALUES ('integrity-check')")
+            )
+
+
+def test_the_chatbots_language_stems_on_postgresql(db: Database) -> None:
+    chatbot_id = _chatbot(db, language="german")
+    _document(db, chatbot_id, ["Die Bergbahnen fahren im Sommer zum Gipfel."])
+    german = _found(db, chatbot_id, "Bergbahn")
+    with db.session() as session:
+        chatbot = session.get(Chatbot, chatbot_id)
+        assert chatbot is not None
+        update_chatbot(session, chatbot, ChatbotUpdate(language=None))
+    simple = _found(db, chatbot_id, "Bergbahn")
+    if db.engine.dialect.name == "postgresql":
+        assert german == ["Die Bergbahnen fahren im Sommer zum Gipfel."]
+        assert simple == []
+    else:  # FTS5's unicode61 tokenizer does not stem, whatever the language
+        assert german == simple == []
+    assert _found(db, chatbot_id, "bergbahnen") == ["Die Bergbahnen fahren im Sommer zum Gipfel."]
