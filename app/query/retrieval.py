@@ -4,34 +4,44 @@ one (the database's full-text index, app/documents/passages.py), or both fused b
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+
+from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.db import Database
 from app.documents import passages
 from app.rag.fusion import reciprocal_rank_fusion
 from app.rag.vector_store import Hit
 
 
+def dense_depth(settings: Settings, mode: str, top_k: int) -> int:
+    """How many dense candidates a mode needs: `top_k` alone, more to fuse, none lexically."""
+    if mode == "dense":
+        return top_k
+    if mode == "lexical":
+        return 0
+    return max(top_k, settings.RETRIEVAL_CANDIDATES)
+
+
 def find_passages(
     settings: Settings,
-    db: Database,
-    dense: Callable[[int], list[Hit]],
+    session: Session,
+    dense_hits: list[Hit],
     chatbot_id: uuid.UUID,
     language: str | None,
     mode: str,
     question: str,
     top_k: int,
 ) -> list[Hit]:
-    """The chatbot's `top_k` passages for the question. `dense(n)`: the vector store's n
-    nearest passages at or above MIN_SCORE. Dense mode returns them as they are (cosine
-    scores); lexical and hybrid modes return fused scores (one ranking fused is its RRF)."""
+    """The chatbot's `top_k` passages for the question, given the vector store's
+    `dense_depth()` nearest passages at or above MIN_SCORE (found before this transaction,
+    so no connection is held while the question is embedded). Dense mode returns them as
+    they are (cosine scores); lexical and hybrid modes return fused scores (one ranking
+    fused is its RRF). The lexical search runs in the caller's transaction."""
     if mode == "dense":
-        return dense(top_k)
+        return dense_hits[:top_k]
     depth = max(top_k, settings.RETRIEVAL_CANDIDATES)
     rankings: dict[str, list[Hit]] = {}
     if mode == "hybrid":
-        rankings["dense"] = dense(depth)
-    with db.session() as session:
-        rankings["lexical"] = passages.search(session, chatbot_id, question, language, depth)
+        rankings["dense"] = dense_hits
+    rankings["lexical"] = passages.search(session, chatbot_id, question, language, depth)
     return reciprocal_rank_fusion(rankings, top_k)

@@ -75,7 +75,7 @@ from app.core.schemas import PageParams
 from app.core.security import TokenClaims, api_keys_match
 from app.models import Chatbot, ChatHistory, Customer, Document, DocumentStatus
 from app.models.base import utcnow
-from app.query.retrieval import find_passages
+from app.query.retrieval import dense_depth, find_passages
 from app.query.schemas import PublicChatbot
 from app.rag.batching import QueryEmbedder
 from app.rag.embeddings import Embedder
@@ -278,15 +278,27 @@ def check_question(settings: Settings, question: str) -> None:
 def prepare(
     tools: QueryTools, admit: Callable[[], Asker], question: str, session_id: str
 ) -> Prepared:
-    """`admit()` (its own short transaction), then retrieval (no transaction open while
-    embedding), then one transaction that reads what the prompt needs and takes the
-    reservation (or the demo slot)."""
+    """`admit()` (its own short transaction), then the dense retrieval (no transaction open
+    while embedding), then one transaction that runs the lexical search, reads what the
+    prompt needs and takes the reservation (or the demo slot)."""
     asker = admit()
     started = time.perf_counter()
     settings = tools.settings
     check_question(settings, question)
-    hits = retrieve(tools, asker, question)
+    mode = asker.retrieval_mode or settings.RETRIEVAL_MODE
+    depth = dense_depth(settings, mode, asker.top_k)
+    dense_hits = _dense_hits(tools, asker, question, depth) if depth else []
     with tools.db.session() as session:
+        hits = find_passages(
+            settings,
+            session,
+            dense_hits,
+            asker.chatbot_id,
+            asker.language,
+            mode,
+            question,
+            asker.top_k,
+        )
         return _prepared(tools, session, asker, question, session_id, hits, started)
 
 
@@ -366,20 +378,6 @@ def reserve_answer(
         )
     record_reservation(session, reservation_id, asker.customer_id, asker.chatbot_id, month, tokens)
     return month
-
-
-def retrieve(tools: QueryTools, asker: Asker, question: str) -> list[Hit]:
-    mode = asker.retrieval_mode or tools.settings.RETRIEVAL_MODE
-    return find_passages(
-        tools.settings,
-        tools.db,
-        lambda k: _dense_hits(tools, asker, question, k),
-        asker.chatbot_id,
-        asker.language,
-        mode,
-        question,
-        asker.top_k,
-    )
 
 
 def _dense_hits(tools: QueryTools, asker: Asker, question: str, k: int) -> list[Hit]:

@@ -105,6 +105,8 @@ def test_leaving_after_the_sources_charges_and_stores_nothing(
     before = money(tenant.customer_id, chatbot["id"])
     request = _ask(live_server, chatbot, stream=True)
     request.read_until(b"event: sources")
+    # The server sends the LLM request after `sources`: leave once it has reached the LLM.
+    eventually(lambda: fake_llm.requests, bool, "the LLM call")
     during = money(tenant.customer_id, chatbot["id"])
     assert during.reservations == 1 and during.tokens_remaining < before.tokens_remaining
     assert during.month > before.month
