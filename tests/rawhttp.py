@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,14 +68,6 @@ def _recv(sock: socket.socket) -> bytes:
         return sock.recv(65536)
     except ConnectionResetError:
         return b""
-
-
-def poll(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    """Wait until `condition()` holds (a state the code under test reaches), or fail."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
-        time.sleep(0.02)
 
 
 def rss_bytes() -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,19 +24,9 @@ from tests.conftest import DATABASE_URL
 from tests.factories import Tenant, create_chatbot, register, wait_for_document
 from tests.fake_llm import FakeLLMServer
 from tests.tcp_proxy import TcpProxy
+from tests.waiting import eventually
 
 FACTS = "Acme support is open Monday to Friday.\n\nReturns are accepted within 30 days.\n"
-
-
-def eventually(check: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
-    """Poll `check` until it returns something truthy, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
-        time.sleep(0.1)
 
 
 class Proxied:
@@ -117,13 +107,17 @@ def test_database_restarting_under_traffic_gives_503_then_recovers(proxied, aski
     thread = threading.Thread(target=traffic)
     thread.start()
     try:
-        eventually(lambda: sum(1 for _, s, _ in seen if s == 200) >= 4, what="traffic")
+        eventually(lambda: sum(1 for _, s, _ in seen if s == 200) >= 4, bool, "traffic", timeout=60)
         proxied.db.cut()  # PostgreSQL goes away: every pooled connection dies
         cut_at = time.monotonic()
-        eventually(lambda: any(s == 503 and t > cut_at for t, s, _ in seen), what="503")
+        eventually(
+            lambda: any(s == 503 and t > cut_at for t, s, _ in seen), bool, "503", timeout=60
+        )
         proxied.db.restore()
         back_at = time.monotonic()
-        eventually(lambda: any(s == 200 and t > back_at for t, s, _ in seen), what="recovery")
+        eventually(
+            lambda: any(s == 200 and t > back_at for t, s, _ in seen), bool, "recovery", timeout=60
+        )
         recovered = [s for t, s, _ in seen if t > back_at]
     finally:
         stop.set()
@@ -152,7 +146,9 @@ def test_vector_store_down_during_a_question_is_a_503(proxied, asking):  # type:
         "code": "vector_store_unavailable",
     }
     assert ready.status_code == 503 and ready.json()["checks"]["vector_store"] == "error"
-    assert eventually(lambda: _ask(proxied, chatbot).status_code == 200, what="recovery")
+    assert eventually(
+        lambda: _ask(proxied, chatbot).status_code == 200, bool, "recovery", timeout=60
+    )
 
 
 def test_vectors_of_a_document_deleted_while_the_store_is_down_go_once_it_is_back(  # type: ignore[no-untyped-def]
@@ -183,7 +179,7 @@ def test_vectors_of_a_document_deleted_while_the_store_is_down_go_once_it_is_bac
     finally:
         proxied.chroma.restore()
     # The workers' sweep deletes them once the store answers again (with its back-off).
-    eventually(lambda: vectors() == 0, timeout=180, what="the pending deletion")
+    eventually(lambda: vectors() == 0, bool, "the pending deletion", timeout=180)
     gone = proxied.http.get(
         f"/api/chatbots/{chatbot['id']}/documents/{doc['id']}", headers=tenant.headers
     )

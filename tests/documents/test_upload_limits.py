@@ -22,7 +22,8 @@ from app.documents.upload import UploadSlots
 from app.models import Document
 from tests import docgen
 from tests.factories import Tenant, create_chatbot, register, upload
-from tests.rawhttp import RawResponse, connect, poll, read_response, request_head
+from tests.rawhttp import RawResponse, connect, read_response, request_head
+from tests.waiting import eventually
 
 BOUNDARY = "slowUploadBoundary42"
 
@@ -108,7 +109,12 @@ def test_hanging_uploads_hold_no_database_connection(
     port = live_server.config.port
     hanging = [SlowUpload(port, tenant, bot["id"], f"Slow file number {i}.") for i in range(40)]
     try:
-        poll(lambda: len(_partial(settings, tenant, bot)) == 40, "40 uploads streaming")
+        eventually(
+            lambda: len(_partial(settings, tenant, bot)) == 40,
+            bool,
+            "40 uploads streaming",
+            timeout=60,
+        )
         assert _slots_in_use(app, tenant) == 40
         # The uploads are past their checks and wait for their bodies, holding no connection.
         assert get_database().engine.pool.checkedout() < 5  # type: ignore[attr-defined]
@@ -128,8 +134,10 @@ def test_hanging_uploads_hold_no_database_connection(
         for slow in hanging:
             slow.close()
     # The clients left: their files are removed, their slots given back, no row written.
-    poll(lambda: not _files(settings, tenant, bot), "abandoned uploads removed")
-    poll(lambda: _slots_in_use(app, tenant) == 0, "upload slots given back")
+    eventually(
+        lambda: not _files(settings, tenant, bot), bool, "abandoned uploads removed", timeout=60
+    )
+    eventually(lambda: _slots_in_use(app, tenant) == 0, bool, "upload slots given back", timeout=60)
     assert _rows(db_session, bot) == []
 
 
@@ -167,7 +175,12 @@ def test_concurrent_uploads_are_capped_per_customer(
     port = live_server.config.port
     hanging = [SlowUpload(port, tenant, bot["id"], f"Hanging {i}.") for i in range(2)]
     try:
-        poll(lambda: len(_partial(settings, tenant, bot)) == 2, "two uploads streaming")
+        eventually(
+            lambda: len(_partial(settings, tenant, bot)) == 2,
+            bool,
+            "two uploads streaming",
+            timeout=60,
+        )
         third = _post_file(client, tenant, bot, "third.txt", b"One upload too many.")
         assert third.status_code == 429, third.text
         assert third.json()["code"] == "too_many_uploads"
@@ -179,8 +192,10 @@ def test_concurrent_uploads_are_capped_per_customer(
     finally:
         for slow in hanging:
             slow.close()
-    poll(lambda: _slots_in_use(app, tenant) == 0, "upload slots given back")
-    poll(lambda: not _files(settings, tenant, bot), "abandoned uploads removed")
+    eventually(lambda: _slots_in_use(app, tenant) == 0, bool, "upload slots given back", timeout=60)
+    eventually(
+        lambda: not _files(settings, tenant, bot), bool, "abandoned uploads removed", timeout=60
+    )
     again = upload(client, tenant, bot["id"], docgen.make_txt(tmp_path / "a.txt", "Now it fits."))
     assert again["status"] == "queued"
     assert [str(row.id) for row in _rows(db_session, bot)] == [again["id"]]
@@ -214,7 +229,12 @@ def test_document_cap_holds_for_uploads_arriving_together(
     port = live_server.config.port
     racing = [SlowUpload(port, tenant, bot["id"], f"Racing upload {i}.") for i in range(2)]
     try:
-        poll(lambda: len(_partial(settings, tenant, bot)) == 2, "both uploads streaming")
+        eventually(
+            lambda: len(_partial(settings, tenant, bot)) == 2,
+            bool,
+            "both uploads streaming",
+            timeout=60,
+        )
         for upload_ in racing:
             upload_.finish()
         responses = [upload_.response() for upload_ in racing]

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -17,6 +15,7 @@ from sqlalchemy import func, select
 from app.core.db import get_database
 from app.models import ChatbotMonthlyUsage, ChatHistory, TokenReservation, UsageToken
 from tests.factories import Tenant
+from tests.waiting import eventually
 
 T = TypeVar("T")
 # The `bot` fixture: a tenant, its chatbot with one ready document, that document.
@@ -53,20 +52,6 @@ def money(customer_id: str, chatbot_id: str) -> Money:
             history=count(ChatHistory),
             reservations=count(TokenReservation),
         )
-
-
-def eventually(
-    read: Callable[[], T], ok: Callable[[T], object], what: str, timeout: float = 15.0
-) -> T:
-    """Poll `read` until `ok` holds for its value, and return that value; fail after
-    `timeout` seconds, saying what was last read."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = read()
-        if ok(value):
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}; last: {value!r}"
-        time.sleep(0.02)
 
 
 class RawRequest:

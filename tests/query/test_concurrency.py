@@ -9,7 +9,8 @@ import httpx
 from sqlalchemy import event
 
 from app.core.db import get_database
-from tests.query.money import Bot, eventually, money
+from tests.query.money import Bot, money
+from tests.waiting import eventually
 
 ASKERS = 8
 

@@ -25,7 +25,8 @@ from app.rag.llm import LLMClient
 from app.runtime import Runtime
 from tests.factories import Tenant
 from tests.fake_llm import FakeLLMServer
-from tests.query.money import Bot, Money, RawRequest, eventually, money
+from tests.query.money import Bot, Money, RawRequest, money
+from tests.waiting import eventually
 
 REPLY = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike"
 

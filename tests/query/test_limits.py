@@ -20,7 +20,8 @@ from app.query.service import fit_history
 from app.rag.prompting import Turn
 from tests.factories import create_chatbot, register
 from tests.fake_llm import FakeLLMServer
-from tests.query.money import Bot, RawRequest, eventually, money
+from tests.query.money import Bot, RawRequest, money
+from tests.waiting import eventually
 
 
 def _public(live_url: str, chatbot: dict[str, Any], body: dict[str, Any]) -> httpx.Response:
