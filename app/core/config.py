@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     # In tokens of the embedding model; None: fitted to the model's max sequence length.
     CHUNK_SIZE: int | None = Field(default=None, ge=32)
     CHUNK_OVERLAP: int | None = Field(default=None, ge=0)
+    # structure: chunks follow the document's blocks under their headings, the heading path
+    # embedded with each; recursive: text packed up to CHUNK_SIZE, headings ignored.
+    CHUNKING: Literal["structure", "recursive"] = "structure"
+    # structure: blocks shorter than this many tokens are merged with the blocks after them.
+    CHUNK_MIN_SIZE: int = Field(default=64, ge=0)
 
     # --- embeddings ---
     EMBEDDING_MODEL: str = "intfloat/multilingual-e5-large"

@@ -14,13 +14,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Text, cast, delete, func, insert, select, text, update
-from sqlalchemy.dialects.postgresql import REGCONFIG, TSQUERY
+from sqlalchemy import cast, delete, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import REGCONFIG
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from app.core.db import Database
-from app.models import Chatbot, Document, DocumentStatus, Passage
+from app.documents.stopwords import STOP_WORDS
+from app.models import Chatbot, DocumentStatus, Passage
 from app.rag.vector_store import Hit
 
 # PostgreSQL's built-in text-search configurations (stemming and stop words per language);
@@ -60,7 +61,13 @@ DEFAULT_LANGUAGE = "simple"
 # A question's words that reach the index: enough for any real question, bounded for a
 # hostile one.
 MAX_QUERY_TERMS = 64
-_WORD = re.compile(r"\w+")
+# Exact terms: at most this many per question are looked up, and one counts as rare (its
+# passages come first) when at most EXACT_MAX_PASSAGES of the chatbot's passages hold it.
+MAX_EXACT_TERMS = 4
+EXACT_MAX_PASSAGES = 3
+# A word, or words joined by - . / : as in codes and numbers ("E-7731", "4.2.1"): kept whole,
+# so the engine splits it as it split the document (PostgreSQL reads "-7731" as a number).
+_TOKEN = re.compile(r"\w+(?:[-./:]\w+)*")
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class PassageText:
     chunk_index: int
     page: int | None
     text: str
+    heading: str = ""
 
 
 def replace_passages(
@@ -89,6 +97,7 @@ def replace_passages(
                 "chunk_index": p.chunk_index,
                 "page": p.page,
                 "text": p.text,
+                "heading": p.heading or None,
             }
             for p in passages
         ],
@@ -126,69 +135,215 @@ def count_passages(session: Session, chatbot_id: uuid.UUID) -> int:
     )
 
 
+def question_terms(question: str) -> list[str]:
+    """The question's words for the index, lower-cased, without stop words (all of them when
+    the question has nothing else)."""
+    words = [w.lower() for w in _TOKEN.findall(question)]
+    kept = [w for w in words if w not in STOP_WORDS] or words
+    return list(dict.fromkeys(kept))[:MAX_QUERY_TERMS]
+
+
+def exact_terms(question: str) -> list[str]:
+    """Words of the question that look copied from a document: with a digit ("E1234",
+    "4711"), in capitals ("SKU", "MWK"), or capitalised after the first word ("Toronto")."""
+    terms: list[str] = []
+    for position, word in enumerate(_TOKEN.findall(question)):
+        if word.lower() in STOP_WORDS or len(word) < 2:
+            continue
+        if (
+            any(c.isdigit() for c in word)
+            or (word.isupper() and any(c.isalpha() for c in word))
+            or (position > 0 and word[0].isupper() and len(word) >= 3)
+        ):
+            terms.append(word.lower())
+    return list(dict.fromkeys(terms))[:MAX_EXACT_TERMS]
+
+
+def exact_matches(
+    session: Session, chatbot_id: uuid.UUID, question: str, language: str | None
+) -> list[Hit]:
+    """The passages holding an exact term of the question that few passages hold (at most
+    EXACT_MAX_PASSAGES): the product code, error number or name the visitor typed, which
+    a ranking of all the question's words can bury. Passages holding more such terms first.
+    One statement for all the terms."""
+    terms = exact_terms(question)
+    if not terms:
+        return []
+    postgres = _postgres(session)
+    statement = text(
+        " UNION ALL ".join(
+            (_EXACT_POSTGRES if postgres else _EXACT_SQLITE).format(n=n) for n in range(len(terms))
+        )
+    )
+    values: dict[str, object] = {
+        "chatbot": chatbot_id if postgres else chatbot_id.hex,
+        "ready": DocumentStatus.ready.value,
+        "cap": EXACT_MAX_PASSAGES + 1,
+        "config": language if language in LANGUAGES else DEFAULT_LANGUAGE,
+    }
+    for n, term in enumerate(terms):
+        # SQLite: the term as a phrase (a token holds no quote), inside the chatbot's rows.
+        values[f"term{n}"] = (
+            term if postgres else f'chatbot_id : "{chatbot_id.hex}" AND text : "{term}"'
+        )
+    by_term: dict[int, list[Hit]] = {}
+    for number, document_id, chunk_index, page, body, heading, filename in session.execute(
+        statement, values
+    ):
+        by_term.setdefault(int(number), []).append(
+            _hit(
+                chatbot_id,
+                uuid.UUID(str(document_id)),
+                chunk_index,
+                page,
+                body,
+                heading,
+                filename,
+                0.0,
+            )
+        )
+    found: dict[str, Hit] = {}
+    terms_held: dict[str, int] = {}
+    for number in sorted(by_term):
+        hits = by_term[number]
+        if len(hits) > EXACT_MAX_PASSAGES:
+            continue
+        for hit in hits:
+            found.setdefault(hit.id, hit)
+            terms_held[hit.id] = terms_held.get(hit.id, 0) + 1
+    order = sorted(found, key=lambda i: -terms_held[i])  # stable: the first term's order kept
+    return [found[i] for i in order]
+
+
+_EXACT_COLUMNS = "p.document_id, p.chunk_index, p.page, p.text, p.heading, d.filename"
+_EXACT_POSTGRES = (
+    "(SELECT {n} AS term, " + _EXACT_COLUMNS + " FROM passages AS p "
+    "JOIN documents AS d ON d.id = p.document_id "
+    "WHERE p.chatbot_id = :chatbot AND d.status = :ready "
+    "AND p.tsv @@ plainto_tsquery(CAST(:config AS regconfig), :term{n}) "
+    "ORDER BY p.id LIMIT :cap)"
+)
+_EXACT_SQLITE = (
+    "SELECT * FROM (SELECT {n} AS term, " + _EXACT_COLUMNS + " FROM passages_fts "
+    "JOIN passages AS p ON p.id = passages_fts.rowid "
+    "JOIN documents AS d ON d.id = p.document_id "
+    "WHERE passages_fts MATCH :term{n} AND p.chatbot_id = :chatbot AND d.status = :ready "
+    "ORDER BY p.id LIMIT :cap)"
+)
+
+
 def search(
     session: Session, chatbot_id: uuid.UUID, question: str, language: str | None, limit: int
 ) -> list[Hit]:
     """The chatbot's passages that share words with the question, best first (any word
     matches: a question is not a boolean query)."""
-    terms = list(dict.fromkeys(w.lower() for w in _WORD.findall(question)))[:MAX_QUERY_TERMS]
+    return _search_terms(session, chatbot_id, question_terms(question), language, limit)
+
+
+def _search_terms(
+    session: Session, chatbot_id: uuid.UUID, terms: list[str], language: str | None, limit: int
+) -> list[Hit]:
     if not terms or limit <= 0:
         return []
     if _postgres(session):
         rows = _search_postgres(session, chatbot_id, " ".join(terms), language, limit)
     else:
         rows = _search_sqlite(session.connection(), chatbot_id, terms, limit)
-    return [
-        Hit(
-            id=f"{document_id}:{chunk_index}",
-            text=body,
-            score=float(rank),
-            metadata={
-                "document_id": str(document_id),
-                "chatbot_id": str(chatbot_id),
-                "filename": filename,
-                "chunk_index": int(chunk_index),
-                **({"page": int(page)} if page is not None else {}),
-            },
-            retrievers=("lexical",),
-        )
-        for document_id, chunk_index, page, body, filename, rank in rows
-    ]
+    return [_hit(chatbot_id, *row) for row in rows]
+
+
+def _hit(
+    chatbot_id: uuid.UUID,
+    document_id: uuid.UUID,
+    chunk_index: int,
+    page: int | None,
+    body: str,
+    heading: str | None,
+    filename: str,
+    rank: float,
+) -> Hit:
+    return Hit(
+        id=f"{document_id}:{chunk_index}",
+        text=body,
+        score=float(rank),
+        metadata={
+            "document_id": str(document_id),
+            "chatbot_id": str(chatbot_id),
+            "filename": filename,
+            "chunk_index": int(chunk_index),
+            **({"page": int(page)} if page is not None else {}),
+            **({"heading": heading} if heading else {}),
+        },
+        retrievers=("lexical",),
+    )
+
+
+# PostgreSQL ranks by term frequency alone (ts_rank has no inverse document frequency), so
+# "Which entry has code 2029969?" would favour the passages saying "entry" most often. Each
+# of the question's lexemes is weighted by its BM25 idf within the chatbot, counted from the
+# GIN index; counts stop at IDF_COUNT_CAP passages (a word that common weighs next to nothing
+# anyway), which bounds the cost of common words in big chatbots.
+IDF_COUNT_CAP = 10_000
+# A lexeme becomes a one-word tsquery quoted as tsquery input wants it (\ and ' escaped), so
+# that it is matched as the index stored it, not parsed again.
+_POSTGRES_SEARCH = text(
+    r"""
+    WITH terms AS (
+        SELECT CAST('''' || replace(replace(t.lexeme, '\', '\\'), '''', '''''') || ''''
+                    AS tsquery) AS query
+        FROM unnest(tsvector_to_array(to_tsvector(CAST(:config AS regconfig), :words)))
+             AS t(lexeme)
+        LIMIT :max_terms
+    ),
+    total AS (
+        SELECT count(*) AS n FROM (
+            SELECT 1 FROM passages WHERE chatbot_id = :chatbot LIMIT :cap) AS capped
+    ),
+    weights AS (
+        SELECT terms.query, ln(1 + (total.n - df.n + 0.5) / (df.n + 0.5)) AS idf
+        FROM terms CROSS JOIN total CROSS JOIN LATERAL (
+            SELECT count(*) AS n FROM (
+                SELECT 1 FROM passages
+                WHERE chatbot_id = :chatbot AND tsv @@ terms.query LIMIT :cap) AS capped
+        ) AS df
+    ),
+    scored AS (
+        SELECT p.id, sum(w.idf * ts_rank(p.tsv, w.query, 1)) AS rank
+        FROM passages AS p JOIN weights AS w ON p.tsv @@ w.query
+        WHERE p.chatbot_id = :chatbot
+        GROUP BY p.id
+    )
+    SELECT p.document_id, p.chunk_index, p.page, p.text, p.heading, d.filename, s.rank
+    FROM scored AS s
+    JOIN passages AS p ON p.id = s.id
+    JOIN documents AS d ON d.id = p.document_id
+    WHERE d.status = :ready
+    ORDER BY s.rank DESC, p.id
+    LIMIT :limit
+    """
+)
 
 
 def _search_postgres(
     session: Session, chatbot_id: uuid.UUID, words: str, language: str | None, limit: int
-) -> list[tuple[uuid.UUID, int, int | None, str, str, float]]:
-    config = _regconfig(language)
-    # plainto_tsquery stems and drops stop words, then joins with AND; its output's " & "
-    # become " | " so that any of the words matches (its lexemes come out quoted).
-    query = cast(
-        func.replace(cast(func.plainto_tsquery(config, words), Text), " & ", " | "), TSQUERY
+) -> list[tuple[uuid.UUID, int, int | None, str, str | None, str, float]]:
+    rows = session.execute(
+        _POSTGRES_SEARCH,
+        {
+            "config": language if language in LANGUAGES else DEFAULT_LANGUAGE,
+            "words": words,
+            "max_terms": MAX_QUERY_TERMS,
+            "chatbot": chatbot_id,
+            "cap": IDF_COUNT_CAP,
+            "ready": DocumentStatus.ready.value,
+            "limit": limit,
+        },
     )
-    rank = func.ts_rank(Passage.tsv, query, 1).label("rank")  # 1: / (1 + log(length))
-    statement = (
-        select(
-            Passage.document_id,
-            Passage.chunk_index,
-            Passage.page,
-            Passage.text,
-            Document.filename,
-            rank,
-        )
-        .join(Document, Document.id == Passage.document_id)
-        .where(
-            Passage.chatbot_id == chatbot_id,
-            Document.status == DocumentStatus.ready,
-            Passage.tsv.op("@@")(query),
-        )
-        .order_by(rank.desc(), Passage.id)
-        .limit(limit)
-    )
-    return [tuple(row) for row in session.execute(statement)]
+    return [(d, int(i), p, str(t), h, str(f), float(r)) for d, i, p, t, h, f, r in rows]
 
 
 _SQLITE_SEARCH = text(
-    "SELECT p.document_id, p.chunk_index, p.page, p.text, d.filename, "
+    "SELECT p.document_id, p.chunk_index, p.page, p.text, p.heading, d.filename, "
     "-bm25(passages_fts, 1.0, 0.0) AS rank "
     "FROM passages_fts JOIN passages p ON p.id = passages_fts.rowid "
     "JOIN documents d ON d.id = p.document_id "
@@ -199,8 +354,8 @@ _SQLITE_SEARCH = text(
 
 def _search_sqlite(
     connection: Connection, chatbot_id: uuid.UUID, terms: list[str], limit: int
-) -> list[tuple[uuid.UUID, int, int | None, str, str, float]]:
-    # Each term quoted (a \w+ word holds no quote), OR-ed, inside the chatbot's own rows:
+) -> list[tuple[uuid.UUID, int, int | None, str, str | None, str, float]]:
+    # Each term a quoted phrase (a token holds no quote), OR-ed, inside the chatbot's own rows:
     # the chatbot id is a column of the FTS table, so other tenants' rows are never scored.
     words = " OR ".join(f'"{t}"' for t in terms)
     match = f'chatbot_id : "{chatbot_id.hex}" AND text : ({words})'
@@ -213,7 +368,9 @@ def _search_sqlite(
             "limit": limit,
         },
     )
-    return [(uuid.UUID(str(d)), int(i), p, str(t), str(f), float(r)) for d, i, p, t, f, r in rows]
+    return [
+        (uuid.UUID(str(d)), int(i), p, str(t), h, str(f), float(r)) for d, i, p, t, h, f, r in rows
+    ]
 
 
 def lexical_index_problem(db: Database) -> str | None:

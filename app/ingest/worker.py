@@ -349,6 +349,8 @@ class IngestWorker:
             chunk_size=size,
             chunk_overlap=min(overlap, size // 2),
             length_function=self.embedder.token_length,
+            strategy=self.settings.CHUNKING,
+            min_size=self.settings.CHUNK_MIN_SIZE,
         )
         if not chunks:
             raise ExtractionError(MSG_EMPTY)
@@ -363,7 +365,7 @@ class IngestWorker:
                 session,
                 claim.chatbot_id,
                 claim.document_id,
-                [PassageText(c.index, c.page, c.text) for c in chunks],
+                [PassageText(c.index, c.page, c.text, c.heading) for c in chunks],
             )
 
     def _drop(self, claim: queue.Claim) -> None:
@@ -444,6 +446,8 @@ def _record(claim: queue.Claim, chunk: Chunk, vector: list[float]) -> ChunkRecor
     }
     if chunk.page is not None:
         metadata["page"] = chunk.page
+    if chunk.heading:
+        metadata["heading"] = chunk.heading
     return ChunkRecord(
         id=f"{claim.document_id}:{chunk.index}",
         text=chunk.text,

@@ -34,5 +34,7 @@ class Passage(Base):
     chunk_index: Mapped[int]
     page: Mapped[int | None]
     text: Mapped[str] = mapped_column(Text)
+    # The chunk's heading path ("Returns > Refunds"), also the first line of `text`.
+    heading: Mapped[str | None] = mapped_column(Text)
     # to_tsvector(<the chatbot's language>, text) on PostgreSQL; unused (NULL) on SQLite.
     tsv: Mapped[str | None] = mapped_column(Text().with_variant(TSVECTOR(), "postgresql"))

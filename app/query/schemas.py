@@ -44,13 +44,18 @@ class Source(Schema):
     filename: str
     chunk_index: int
     page: int | None = None
+    heading: str | None = Field(
+        default=None,
+        description='The headings the passage sits under in its document ("Returns > Refunds").',
+    )
     score: float = Field(
         description="In dense retrieval, the cosine similarity of the passage to the question; "
         "in hybrid and lexical retrieval, its reciprocal-rank-fused score (the sum of "
         "1 / (60 + rank) over the retrievers that found it)."
     )
-    retrievers: list[Literal["dense", "lexical"]] = Field(
-        description="Which retrievers found the passage."
+    retrievers: list[Literal["dense", "lexical", "exact"]] = Field(
+        description="Which retrievers found the passage; exact: it holds a code, number or "
+        "name of the question that few passages hold, and is listed first."
     )
     text: str
 

@@ -600,6 +600,7 @@ def source_dict(hit: Hit) -> dict[str, object]:
         "filename": str(hit.metadata.get("filename", "")),
         "chunk_index": int(hit.metadata.get("chunk_index", 0)),
         "page": int(page) if page is not None else None,
+        "heading": str(hit.metadata["heading"]) if hit.metadata.get("heading") else None,
         "score": round(hit.score, 4),
         "retrievers": list(hit.retrievers),
         "text": hit.text,

@@ -18,6 +18,8 @@ from app.core.db import Database, get_database
 from app.documents.passages import (
     PassageText,
     count_passages,
+    exact_matches,
+    exact_terms,
     lexical_index_problem,
     replace_passages,
     search,
@@ -175,3 +177,65 @@ def test_the_chatbots_language_stems_on_postgresql(db: Database) -> None:
     else:  # FTS5's unicode61 tokenizer does not stem, whatever the language
         assert german == simple == []
     assert _found(db, chatbot_id, "bergbahnen") == ["Die Bergbahnen fahren im Sommer zum Gipfel."]
+
+
+def test_a_rare_word_outweighs_common_ones(db: Database) -> None:
+    # Without inverse document frequency, the passages repeating "entry" would come first.
+    a = _chatbot(db)
+    common = [f"Entry {n}: entry entry entry, one more entry of the register." for n in range(8)]
+    _document(db, a, [*common, "Geoname 2029969 belongs to Hokkaido."])
+    assert _found(db, a, "Which entry has 2029969?")[0] == ("Geoname 2029969 belongs to Hokkaido.")
+
+
+def test_stop_words_do_not_bury_a_name(db: Database) -> None:
+    a = _chatbot(db)
+    filler = [
+        f"Who is what it is: that is what it was, and who or what it is {n}." for n in range(8)
+    ]
+    _document(db, a, [*filler, "Kevin repairs the boats."])
+    assert _found(db, a, "Who or what is Kevin?")[0] == "Kevin repairs the boats."
+    # A question of stop words alone is still searched.
+    assert len(_found(db, a, "who is it")) == 8
+
+
+def test_exact_terms_are_codes_numbers_and_names() -> None:
+    assert exact_terms("Which entry has Geoname ID 2029969?") == ["geoname", "id", "2029969"]
+    assert exact_terms("what does error e1234 mean") == ["e1234"]
+    assert exact_terms("Kevin, who is he?") == []  # a capital at the start says nothing
+    assert exact_terms("how do I reset the machine?") == []
+
+
+def test_exact_matches_are_the_passages_of_rare_exact_terms(db: Database) -> None:
+    a, b = _chatbot(db), _chatbot(db)
+    common = [f"Setting {n} of the Pump menu changes the flow." for n in range(5)]
+    doc = _document(db, a, [*common, "Error E4711 means the Pump filter is blocked."])
+    _document(db, b, ["Error E4711 of tenant B."])
+    with db.session() as session:
+        (hit,) = exact_matches(session, a, "What does the Pump say with E4711?", None)
+        # "pump" is in six passages: not rare, no passage of it comes first.
+        assert exact_matches(session, a, "Why does the Pump stop?", None) == []
+        assert exact_matches(session, a, "what is e4711", None) == [hit]
+    assert hit.id == f"{doc}:5" and hit.text == "Error E4711 means the Pump filter is blocked."
+
+
+def test_a_passage_keeps_its_heading(db: Database) -> None:
+    a = _chatbot(db)
+    with db.session() as session:
+        document = Document(
+            chatbot_id=a, filename="faq.md", file_path="x", file_type="md", status="ready"
+        )
+        session.add(document)
+        session.flush()
+        replace_passages(
+            session,
+            a,
+            document.id,
+            [
+                PassageText(
+                    0, None, "Returns > Refunds\n\nMoney back in 14 days.", "Returns > Refunds"
+                )
+            ],
+        )
+    with db.session() as session:
+        (hit,) = search(session, a, "refunds", None, 5)
+    assert hit.metadata["heading"] == "Returns > Refunds"

@@ -108,7 +108,7 @@ def test_reindex_empties_the_lexical_index_and_the_worker_rebuilds_it(
     assert after[0].id != before[0].id
     sources = _ask(client, chatbot, "gasket QX-48213-B").json()["sources"]
     assert [s["document_id"] for s in sources] == [doc["id"]]
-    assert sources[0]["retrievers"] == ["lexical"]
+    assert sources[0]["retrievers"] == ["lexical", "exact"]
 
 
 def test_hybrid_returns_the_document_only_an_exact_code_matches(client, runtime, tmp_path):
@@ -125,8 +125,9 @@ def test_hybrid_returns_the_document_only_an_exact_code_matches(client, runtime,
     assert response.status_code == 200, response.text
     (source,) = response.json()["sources"]
     assert source["document_id"] == coded["id"]
-    # Both retrievers ranked it (dense ranks all six), lexical first: 1/(60+1) + 1/(60+r).
-    assert source["retrievers"] == ["dense", "lexical"]
+    # Both retrievers ranked it (dense ranks all six), lexical first: 1/(60+1) + 1/(60+r);
+    # and it holds the question's code, which no other passage holds.
+    assert source["retrievers"] == ["dense", "lexical", "exact"]
     assert round(1 / 61 + 1 / 66, 4) <= source["score"] <= round(2 / 61, 4)
 
     dense = client.patch(
@@ -143,7 +144,9 @@ def test_hybrid_returns_the_document_only_an_exact_code_matches(client, runtime,
     assert lexical.status_code == 200
     # No other document shares a word with the code.
     sources = _ask(client, chatbot, "QX-48213-B").json()["sources"]
-    assert [(s["document_id"], s["retrievers"]) for s in sources] == [(coded["id"], ["lexical"])]
+    assert [(s["document_id"], s["retrievers"]) for s in sources] == [
+        (coded["id"], ["lexical", "exact"])
+    ]
 
 
 def test_a_chatbot_never_matches_another_tenants_words(client, runtime, tmp_path):
@@ -201,3 +204,48 @@ def test_retrieval_fields_are_validated_and_a_new_language_reindexes_words(
         select(func.count()).select_from(Passage).where(Passage.document_id == uuid.UUID(doc["id"]))
     )
     assert count == 1
+
+
+def test_a_rare_code_comes_first_even_when_the_fusion_ranks_it_lower(client, runtime, tmp_path):
+    # Every line talks about the pump; one holds the error code. The question's other words
+    # ("pump", "stop", "blinking") match the look-alike lines in both retrievers, which the
+    # fusion alone would rank above the line only the code matches.
+    tenant = register(client)
+    chatbot = create_chatbot(client, tenant, top_k=3, retrieval_mode="hybrid")
+    lines = [
+        f"The pump stops and the light keeps blinking when setting {n} is wrong." for n in range(6)
+    ] + ["E-7731 means the filter is blocked."]
+    docs = [
+        _ready(client, tenant, chatbot, docgen.make_txt(tmp_path / f"{i}.txt", line))
+        for i, line in enumerate(lines)
+    ]
+    doc = docs[-1]
+    response = _ask(client, chatbot, "Why does the pump stop with the light blinking E-7731?")
+    assert response.status_code == 200, response.text
+    first = response.json()["sources"][0]
+    assert first["document_id"] == doc["id"]
+    assert first["text"] == "E-7731 means the filter is blocked."
+    assert "exact" in first["retrievers"]
+
+
+def test_sources_carry_the_heading_path_of_structured_documents(client, runtime, tmp_path):
+    tenant = register(client)
+    chatbot = create_chatbot(client, tenant, top_k=1, retrieval_mode="lexical")
+    path = tmp_path / "faq.md"
+    path.write_text(
+        "# Returns\n\n## Refunds\n\nMoney goes back to the card within 14 days.\n\n"
+        "# Shipping\n\nParcels leave the warehouse every weekday.\n",
+        encoding="utf-8",
+    )
+    doc = _ready(client, tenant, chatbot, path)
+    assert doc["chunk_count"] == 2
+    (source,) = _ask(client, chatbot, "when is my money back on the card").json()["sources"]
+    assert source["heading"] == "Returns > Refunds"
+    assert source["text"] == "Returns > Refunds\n\nMoney goes back to the card within 14 days."
+    # The vector store keeps the heading beside the vector too.
+    dense = client.patch(
+        f"/api/chatbots/{chatbot['id']}", json={"retrieval_mode": "dense"}, headers=tenant.headers
+    )
+    assert dense.status_code == 200
+    (source,) = _ask(client, chatbot, "parcels warehouse weekday").json()["sources"]
+    assert source["heading"] == "Shipping" and source["retrievers"] == ["dense"]

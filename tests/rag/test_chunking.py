@@ -105,3 +105,71 @@ def test_no_sections_no_chunks() -> None:
 def test_invalid_sizes_are_rejected(size: int, overlap: int) -> None:
     with pytest.raises(ValueError):
         chunk_sections([Section(PROSE, None)], chunk_size=size, chunk_overlap=overlap)
+
+
+def test_structure_keeps_each_paragraph_apart_and_merges_only_short_blocks() -> None:
+    first = "The harbour opens at six and closes at ten in the evening every day."
+    second = "Boats longer than twelve metres must book a berth two days ahead."
+    text = f"{first}\n\n{second}\n\nShort.\n\nTiny.\n\n{first}"
+    chunks = chunk_sections(
+        [Section(text, None)], chunk_size=100, chunk_overlap=10, length_function=words, min_size=8
+    )
+    # Paragraphs long enough stand alone; the two short ones join the paragraph after them.
+    assert [c.text for c in chunks] == [first, second, f"Short.\n\nTiny.\n\n{first}"]
+    recursive = chunk_sections(
+        [Section(text, None)],
+        chunk_size=100,
+        chunk_overlap=10,
+        length_function=words,
+        strategy="recursive",
+    )
+    assert len(recursive) == 1  # packed: everything fits in one chunk
+
+
+def test_structure_puts_the_heading_path_in_front_and_never_merges_across_headings() -> None:
+    sections = [
+        Section("Money back within 14 days.", None, ("Returns", "Refunds")),
+        Section("Send it with the label.", None, ("Returns", "Shipping")),
+        Section("Page two text.", 2),
+    ]
+    chunks = chunk_sections(
+        sections, chunk_size=100, chunk_overlap=0, length_function=words, min_size=50
+    )
+    assert [(c.text, c.heading, c.page) for c in chunks] == [
+        ("Returns > Refunds\n\nMoney back within 14 days.", "Returns > Refunds", None),
+        ("Returns > Shipping\n\nSend it with the label.", "Returns > Shipping", None),
+        ("Page two text.", "", 2),
+    ]
+    plain = chunk_sections(sections, chunk_size=100, chunk_overlap=0, strategy="recursive")
+    assert [c.heading for c in plain] == ["", "", ""]
+    assert plain[0].text == "Money back within 14 days."
+
+
+def test_a_long_block_is_split_within_the_window_left_by_its_heading() -> None:
+    heading = ("Chapter one about the harbour",)  # 5 words
+    chunks = chunk_sections(
+        [Section(PROSE, None, heading)], chunk_size=60, chunk_overlap=0, length_function=words
+    )
+    assert len(chunks) > 5
+    for chunk in chunks:
+        assert chunk.text.startswith("Chapter one about the harbour\n\n")
+        assert words(chunk.text) <= 60
+    body = " ".join(c.text.split("\n\n", 1)[1] for c in chunks)
+    assert body == PROSE
+
+
+def test_a_heading_longer_than_half_the_window_is_cut() -> None:
+    heading = (" ".join(["word"] * 80),)
+    (chunk,) = chunk_sections(
+        [Section("Body text.", None, heading)],
+        chunk_size=40,
+        chunk_overlap=0,
+        length_function=words,
+    )
+    assert chunk.heading.endswith(" …") and words(chunk.heading) <= 20
+    assert chunk.text == f"{chunk.heading}\n\nBody text."
+
+
+def test_unknown_strategy_is_refused() -> None:
+    with pytest.raises(ValueError):
+        chunk_sections([Section("x", None)], chunk_size=10, chunk_overlap=0, strategy="words")

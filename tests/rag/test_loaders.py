@@ -51,7 +51,8 @@ def _detect(path: Path) -> str:
 
 
 def full_text(sections: list[Section]) -> str:
-    return "\n".join(section.text for section in sections)
+    """The sections' text, each after its heading path (one line per heading)."""
+    return "\n".join("\n".join([*section.headings, section.text]) for section in sections)
 
 
 def error_of(path: Path, file_type: str | None = None, **kwargs: object) -> str:
@@ -407,7 +408,7 @@ def test_html_keeps_visible_text_only(tmp_path: Path, main_landmark: bool) -> No
     assert "Test page" not in text  # <title> lives in <head>, which is not shown
 
 
-def test_html_blocks_become_lines(tmp_path: Path) -> None:
+def test_html_blocks_become_blocks_under_their_heading(tmp_path: Path) -> None:
     path = docgen.make_html(
         tmp_path / "a.html",
         SENTENCE,
@@ -415,9 +416,13 @@ def test_html_blocks_become_lines(tmp_path: Path) -> None:
         list_items=["Monday closed", "Tuesday open"],
         table_cells=["Price", "12 EUR"],
     )
-    lines = full_text(extract(path)).splitlines()
-    for expected in ("Opening hours", SENTENCE, "Monday closed", "Tuesday open", "Price"):
-        assert expected in lines
+    sections = extract(path)
+    under = [s for s in sections if s.headings == ("Opening hours",)]
+    assert len(under) == 1
+    blocks = under[0].text.split("\n\n")
+    for expected in (SENTENCE, "Monday closed", "Tuesday open", "Price | 12 EUR"):
+        assert expected in blocks
+    assert "Opening hours" not in "\n".join(s.text for s in sections)
 
 
 def test_html_declared_legacy_charset_is_respected(tmp_path: Path) -> None:
@@ -528,8 +533,8 @@ def test_csv_rows_render_with_headers(tmp_path: Path) -> None:
         ["name", "address", "note"],
         [["Ada", "1 Main St, Springfield", 'said "hi"'], ["Bob", "2 Elm St", ""]],
     )
-    lines = full_text(extract(path)).splitlines()
-    assert lines == [
+    rows = full_text(extract(path)).split("\n\n")
+    assert rows == [
         'name: Ada; address: 1 Main St, Springfield; note: said "hi"',
         "name: Bob; address: 2 Elm St",
     ]
@@ -542,7 +547,7 @@ def test_csv_semicolon_delimited(tmp_path: Path) -> None:
         [["Köln", "3,50"], ["Berlin", "4,10"]],
         delimiter=";",
     )
-    assert full_text(extract(path)).splitlines() == [
+    assert full_text(extract(path)).split("\n\n") == [
         "Stadt: Köln; Preis: 3,50",
         "Stadt: Berlin; Preis: 4,10",
     ]
@@ -943,3 +948,74 @@ def test_corpus_encrypted_pdf_opens_with_its_password(name: str) -> None:
 def test_corpus_html_has_no_script_or_style(name: str) -> None:
     text = full_text(extract(corpus_file(name)))
     assert not re.search(r"function\s*\(|\{\s*[a-z-]+\s*:\s*[^}]+;\s*\}", text)
+
+
+def _paths(sections: list[Section]) -> list[tuple[tuple[str, ...], str]]:
+    return [(section.headings, section.text) for section in sections]
+
+
+def test_markdown_sections_follow_the_heading_path(tmp_path: Path) -> None:
+    path = tmp_path / "faq.md"
+    path.write_text(
+        "Intro before any heading.\n\n"
+        "# Returns #\n\nGeneral rules.\n\n"
+        "## Refunds\n\nMoney back within 14 days.\n- by card\n- by [bank](https://x.example)\n\n"
+        "Shipping\n--------\n\nUse the label.\n\n"
+        "```\n# not a heading\n```\n\n"
+        "# Contact\n\n#hashtag is text\n",
+        encoding="utf-8",
+    )
+    assert _paths(extract(path)) == [
+        ((), "Intro before any heading."),
+        (("Returns",), "General rules."),
+        (("Returns", "Refunds"), "Money back within 14 days.\n\n- by card\n\n- by bank"),
+        (("Returns", "Shipping"), "Use the label.\n\n```\n# not a heading\n```"),
+        (("Contact",), "#hashtag is text"),
+    ]
+
+
+def test_a_document_of_headings_alone_keeps_them(tmp_path: Path) -> None:
+    path = tmp_path / "outline.md"
+    path.write_text("# Plan\n\n## Step one\n", encoding="utf-8")
+    assert _paths(extract(path)) == [((), "Plan\n\nStep one")]
+
+
+def test_html_sections_follow_nested_headings(tmp_path: Path) -> None:
+    path = tmp_path / "a.html"
+    path.write_text(
+        "<html><body><main><h1>Manual</h1><p>Welcome.</p>"
+        "<section><h2>Cleaning <small>(weekly)</small></h2><p>Rinse the jug.</p>"
+        "<h3>Descaling</h3><p>Use vinegar.</p></section>"
+        "<h2>Parts</h2><table><tr><th>Part</th><th>Code</th></tr>"
+        "<tr><td>Lid</td><td>QX-1</td></tr></table></main></body></html>",
+        encoding="utf-8",
+    )
+    assert _paths(extract(path)) == [
+        (("Manual",), "Welcome."),
+        (("Manual", "Cleaning (weekly)"), "Rinse the jug."),
+        (("Manual", "Cleaning (weekly)", "Descaling"), "Use vinegar."),
+        (("Manual", "Parts"), "Part | Code\n\nLid | QX-1"),
+    ]
+
+
+def test_docx_sections_follow_heading_styles(tmp_path: Path) -> None:
+    import docx
+
+    document = docx.Document()
+    document.add_heading("Warranty", level=0)  # the Title style
+    document.add_paragraph("Two years on every part.")
+    document.add_heading("Exclusions", level=1)
+    document.add_paragraph("Glass is not covered.")
+    document.add_heading("Wear", level=2)
+    document.add_paragraph("Seals wear out.")
+    document.add_heading("Claims", level=1)
+    table = document.add_table(rows=1, cols=2)
+    table.cell(0, 0).text, table.cell(0, 1).text = "Form", "W-7"
+    path = tmp_path / "warranty.docx"
+    document.save(str(path))
+    assert _paths(extract(path)) == [
+        (("Warranty",), "Two years on every part."),
+        (("Warranty", "Exclusions"), "Glass is not covered."),
+        (("Warranty", "Exclusions", "Wear"), "Seals wear out."),
+        (("Warranty", "Claims"), "Form | W-7"),
+    ]

@@ -32,11 +32,14 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED_TYPES: frozenset[str] = frozenset({"pdf", "docx", "html", "md", "txt", "csv"})
 
-# Types without pages: one section of at most max_chars characters.
-_TEXT_EXTRACTORS: dict[str, Callable[[Path, int], str]] = {
+# Types with headings: one section per heading.
+_SECTION_EXTRACTORS: dict[str, Callable[[Path, int], list[Section]]] = {
     "docx": extract_docx,
     "html": extract_html,
     "md": extract_md,
+}
+# Types without pages or headings: one section of at most max_chars characters.
+_TEXT_EXTRACTORS: dict[str, Callable[[Path, int], str]] = {
     "txt": read_text,
     "csv": extract_csv,
 }
@@ -50,7 +53,8 @@ def extract_text(
     max_chars: int,
     password: str | None = None,
 ) -> list[Section]:
-    """Text of the file as sections (one per PDF page with text, one for other types).
+    """Text of the file as sections: one per PDF page with text, one per heading in DOCX,
+    HTML and Markdown, one for other types.
 
     ``password`` is only used for encrypted PDFs; without it the empty password is tried.
     Raises only ``ExtractionError``.
@@ -77,6 +81,8 @@ def extract_sections(
     try:
         if file_type == "pdf":
             sections = extract_pdf(path, max_pages, max_chars, password)
+        elif file_type in _SECTION_EXTRACTORS:
+            sections = _SECTION_EXTRACTORS[file_type](path, max_chars)
         else:
             sections = [Section(_TEXT_EXTRACTORS[file_type](path, max_chars), None)]
     except (ExtractionError, MemoryError):
@@ -99,5 +105,5 @@ def _clean_sections(sections: list[Section], max_chars: int) -> list[Section]:
         text = section.text.replace("\x00", "").replace("\r\n", "\n").replace("\r", "\n")
         text = budget.take(text.strip())
         if text.strip():
-            cleaned.append(Section(text, section.page))
+            cleaned.append(Section(text, section.page, section.headings))
     return cleaned

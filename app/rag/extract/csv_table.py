@@ -1,4 +1,4 @@
-"""CSV: one line per row, ``header: value; ...``; prose with commas stays plain text."""
+"""CSV: one block per row, ``header: value; ...``; prose with commas stays plain text."""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def _sniff_delimiter(text: str) -> str | None:
 
 
 def _render_csv(text: str, delimiter: str, max_chars: int) -> str:
-    """One line per row, ``header: value; ...``, so each line stands on its own in a chunk."""
+    """One block (blank-line separated) per row, ``header: value; ...``, so that each row
+    stands on its own in a chunk."""
     budget = Budget(max_chars)
     header: list[str] | None = None
     lines = []
@@ -75,7 +76,7 @@ def _render_csv(text: str, delimiter: str, max_chars: int) -> str:
             break
     if header is not None and not lines:
         return "; ".join(name for name in header if name)
-    return "\n".join(lines)
+    return "\n\n".join(lines)
 
 
 def _render_row(header: list[str], cells: list[str]) -> str:

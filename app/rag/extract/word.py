@@ -1,9 +1,11 @@
-"""DOCX: paragraphs and table rows in document order, after a zip-bomb check."""
+"""DOCX: paragraphs and table rows in document order, after a zip-bomb check; one section per
+heading (Title, Heading 1-9 or an outline level) with its heading path."""
 
 from __future__ import annotations
 
 import copy
 import logging
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from app.rag.extract.messages import (
     ExtractionError,
     msg_docx_bomb,
 )
-from app.rag.extract.sections import Budget
+from app.rag.extract.sections import Section, SectionBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -33,26 +35,76 @@ _MC = "{http://schemas.openxmlformats.org/markup-compatibility/2006}"
 _W_P, _W_T, _W_TBL, _W_TR, _W_TC = f"{_W}p", f"{_W}t", f"{_W}tbl", f"{_W}tr", f"{_W}tc"
 _W_SDT, _W_SDT_CONTENT, _W_CUSTOM_XML = f"{_W}sdt", f"{_W}sdtContent", f"{_W}customXml"
 _W_TC_PR, _W_VMERGE, _W_VAL = f"{_W}tcPr", f"{_W}vMerge", f"{_W}val"
+_W_PPR, _W_PSTYLE, _W_OUTLINE = f"{_W}pPr", f"{_W}pStyle", f"{_W}outlineLvl"
+_HEADING_STYLE = re.compile(r"heading\s*([1-9])$")
 _DOCX_INLINE_TEXT = {f"{_W}tab": "\t", f"{_W}br": "\n", f"{_W}cr": "\n", f"{_W}noBreakHyphen": "-"}
 # AlternateContent repeats its Choice (e.g. a modern text box) in a Fallback for old readers.
 _MC_FALLBACK = f"{_MC}Fallback"
 
 
-def extract_docx(path: Path, max_chars: int) -> str:
+def extract_docx(path: Path, max_chars: int) -> list[Section]:
     _check_zip_bomb(path)
     try:
         document = docx.Document(str(path))
     except Exception as exc:
         logger.info("unreadable DOCX: %r", exc)
         raise ExtractionError(MSG_DOCX_DAMAGED) from None
-    budget = Budget(max_chars)
-    parts = []
-    for block in _block_texts(document.element.body):
-        if block.strip():
-            parts.append(budget.take(block))
-        if budget.exhausted:
+    sections = SectionBuilder(max_chars)
+    levels = _heading_styles(document)
+    for child in document.element.body:
+        level = _heading_level(child, levels) if child.tag == _W_P else None
+        if level is not None:
+            sections.heading(level, _paragraph_text(child))
+            continue
+        for block in _block_texts([child]):
+            sections.block(block)
+        if sections.budget.exhausted:
             break
-    return "\n".join(parts)
+    return sections.build()
+
+
+def _heading_styles(document: Any) -> dict[str, int]:
+    """Paragraph style id -> heading level: "Title" 0, "Heading n" n, or the style's own
+    outline level (Word's localised heading styles keep their English name or carry one)."""
+    levels: dict[str, int] = {}
+    for style in document.styles.element.iterchildren(f"{_W}style"):
+        style_id = style.get(f"{_W}styleId")
+        name_element = style.find(f"{_W}name")
+        name = (name_element.get(_W_VAL) if name_element is not None else "") or ""
+        name = name.strip().lower()
+        match = _HEADING_STYLE.match(name)
+        if style_id is None:
+            continue
+        if name == "title":
+            levels[style_id] = 0
+        elif match:
+            levels[style_id] = int(match.group(1))
+        else:
+            outline = _outline_level(style)
+            if outline is not None:
+                levels[style_id] = outline
+    return levels
+
+
+def _heading_level(paragraph: Any, levels: dict[str, int]) -> int | None:
+    properties = paragraph.find(_W_PPR)
+    if properties is None:
+        return None
+    direct = _outline_level(paragraph)
+    if direct is not None:
+        return direct
+    style = properties.find(_W_PSTYLE)
+    return levels.get(style.get(_W_VAL)) if style is not None else None
+
+
+def _outline_level(element: Any) -> int | None:
+    """1-based level of a ``w:outlineLvl`` in the element's paragraph properties (9: body)."""
+    properties = element.find(_W_PPR)
+    outline = properties.find(_W_OUTLINE) if properties is not None else None
+    value = outline.get(_W_VAL) if outline is not None else None
+    if value is None or not value.isdigit() or int(value) >= 9:
+        return None
+    return int(value) + 1
 
 
 def _check_zip_bomb(path: Path) -> None:
