@@ -21,12 +21,16 @@ hybrid@5 >= 0.95, p50 hybrid - dense <= 5 ms.
     .venv/bin/python bench/retrieval.py --env CHUNK_SIZE=128 --env CHUNK_OVERLAP=16
     .venv/bin/python bench/retrieval.py --limit 200           # the first 200 questions only
     .venv/bin/python bench/retrieval.py --chunking-study 128,200   # + other chunkings, offline
+    .venv/bin/python bench/retrieval.py --env CHUNKING=recursive  # the pipeline, old chunking
 
 The chatbot's ``top_k`` is the largest k reported; smaller k are prefixes of the returned list.
 After the run the script reads the hybrid chatbot's chunks back from Chroma and explains each
 question it lost against the ceiling (answer split by a chunk boundary, or in a chunk ranked
-too low). ``--chunking-study`` also scores, offline and with the same model and metric (dense
-only), the worker's ``chunk_sections`` at other sizes and paragraph-first chunking.
+too low). ``--chunking-study`` also scores, offline and with the same model and metric, the
+worker's ``chunk_sections`` with each strategy: recursive at other sizes, structure-aware at
+several CHUNK_MIN_SIZEs, with and without the heading path; dense (exact cosine) and lexical
+(FTS5 bm25 in memory, the server's query words). ``--env CHUNKING=recursive`` runs the whole
+pipeline with the other strategy.
 
 The public endpoint's rate limits are raised for the run (``RATE_LIMIT_PUBLIC_PER_CLIENT`` /
 ``_PER_CHATBOT`` = 100000/minute) and the tenant gets ``SIGNUP_TOKENS=100000000``.
@@ -287,50 +291,47 @@ def ceiling(
 # --------------------------------------------------------------------------------------------
 
 
-def _paragraph_first(
-    text: str, size: int, overlap: int, embedder: Any, titles: set[str]
-) -> list[str]:
-    """Every paragraph (blank-line separated) its own chunk, never merged with the next; only
-    a paragraph longer than ``size`` tokens is split, with the worker's splitter. A heading
-    line (an article title here) is put in front of the paragraphs under it."""
-    from langchain_text_splitters import RecursiveCharacterTextSplitter
+def _strip_headings(sections: list[Any]) -> list[Any]:
+    import dataclasses
 
-    from app.rag.chunking import SEPARATORS
+    return [dataclasses.replace(s, headings=()) for s in sections]
 
-    splitter = RecursiveCharacterTextSplitter(
-        separators=SEPARATORS,
-        keep_separator="end",
-        chunk_size=size,
-        chunk_overlap=overlap,
-        length_function=embedder.token_length,
-        strip_whitespace=True,
-    )
-    chunks: list[str] = []
-    heading: str | None = None
-    for paragraph in (p.strip() for p in text.split("\n\n")):
-        if not paragraph:
+
+def _lexical_ranks(texts: list[str], queries: list[dict[str, Any]], k: int) -> list[int | None]:
+    """The platform's lexical search on these chunks: SQLite FTS5 with bm25() and the query
+    words the server uses (app.documents.passages.question_terms), in memory."""
+    import sqlite3
+
+    from app.documents.passages import question_terms
+
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE VIRTUAL TABLE f USING fts5(text, tokenize='unicode61 remove_diacritics 2')")
+    db.executemany("INSERT INTO f(rowid, text) VALUES (?, ?)", list(enumerate(texts)))
+    ranks: list[int | None] = []
+    for q in queries:
+        terms = question_terms(q["text"])
+        if not terms:
+            ranks.append(None)
             continue
-        if paragraph in titles:
-            heading = paragraph
-            continue
-        pieces = (
-            [paragraph]
-            if embedder.token_length(paragraph) <= size
-            else splitter.split_text(paragraph)
-        )
-        chunks += [f"{heading}\n{piece}" if heading else piece for piece in pieces]
-    return chunks
+        match = " OR ".join(f'"{t}"' for t in terms)
+        rows = db.execute(
+            "SELECT rowid FROM f WHERE f MATCH ? ORDER BY bm25(f) LIMIT ?", (match, k)
+        ).fetchall()
+        ranks.append(first_rank([texts[r[0]] for r in rows], q["answers"]))
+    db.close()
+    return ranks
 
 
 def chunking_study(
     data: dict[str, Any], ceil: dict[str, Any], ks: list[int], sizes: list[int]
 ) -> list[dict[str, Any]]:
-    """answer-in-context@k of other chunkings, offline: the extracted text chunked by the
-    worker's own ``chunk_sections`` at other CHUNK_SIZEs (overlap size // 8, as the worker),
-    and by paragraph-first chunking; embedded with the same model, exact cosine top-k.
-    The first row (today's settings) should reproduce the pipeline's figures."""
+    """answer-in-context@k of chunking strategies, offline: the extracted articles chunked by
+    the worker's own ``chunk_sections`` (recursive at CHUNK_SIZEs, structure-aware at several
+    CHUNK_MIN_SIZEs, with and without the heading path), each embedded with the same model
+    (exact cosine top-k: the dense retriever) and searched lexically (FTS5 bm25 in memory)."""
     import numpy as np
 
+    from app.core.config import Settings
     from app.rag.chunking import chunk_sections
     from app.rag.extract import extract_text
 
@@ -338,39 +339,48 @@ def chunking_study(
     queries = data["queries"]
     vectors = ceil["query_vectors"]
     sections = extract_text(data["paths"]["articles"], "md", max_pages=2000, max_chars=20_000_000)
-    titles = {p["title"].replace("_", " ") for p in data["corpus"]}
     budget = embedder.chunk_budget()
-    variants: list[tuple[str, list[str]]] = []
-    for size in [budget, *[s for s in sizes if s != budget]]:
-        chunks = chunk_sections(
-            sections,
-            chunk_size=size,
-            chunk_overlap=size // 8,
-            length_function=embedder.token_length,
-        )
-        variants.append((f"chunk_sections {size}/{size // 8}", [c.text for c in chunks]))
-    text = "\n\n".join(s.text for s in sections)
+    default_min = Settings.model_fields["CHUNK_MIN_SIZE"].default
+    variants: list[tuple[str, list[Any], str, int, int]] = [
+        (f"recursive {size}/{size // 8}", sections, "recursive", size, 0)
+        for size in [budget, *[s for s in sizes if s != budget]]
+    ]
+    for min_size in sorted({0, 32, default_min, 128}):
+        variants.append((f"structure min {min_size}", sections, "structure", budget, min_size))
     variants.append(
-        (
-            f"paragraph-first {budget}/{budget // 8}, title in front",
-            _paragraph_first(text, budget, budget // 8, embedder, titles),
-        )
-    )
+        (f"structure min {default_min}, no heading", _strip_headings(sections), "structure",
+         budget, default_min)
+    )  # fmt: skip
     rows = []
-    for label, texts in variants:
+    for label, parts, strategy, size, min_size in variants:
+        texts = [
+            c.text
+            for c in chunk_sections(
+                parts,
+                chunk_size=size,
+                chunk_overlap=size // 8,
+                length_function=embedder.token_length,
+                strategy=strategy,
+                min_size=min_size,
+            )
+        ]
         started = _now()
         matrix = np.asarray(embedder.embed_passages(texts), dtype=np.float32)
         order = np.argsort(-(vectors @ matrix.T), axis=1, kind="stable")[:, : max(ks)]
-        ranks = [
+        dense = [
             first_rank([texts[i] for i in row], q["answers"])
             for q, row in zip(queries, order, strict=True)
         ]
+        lexical = _lexical_ranks(texts, queries, max(ks))
         row = {"variant": label, "chunks": len(texts), "seconds": _now() - started}
-        row.update({f"at_{k}": at_k(ranks, k) for k in ks})
+        row.update({f"dense_at_{k}": at_k(dense, k) for k in ks})
+        row.update({f"lexical_at_{k}": at_k(lexical, k) for k in ks})
         rows.append(row)
         print(
-            f"  {label:<44} {len(texts):>5} chunks  "
-            + "  ".join(f"@{k} {row[f'at_{k}']:.4f}" for k in ks),
+            f"  {label:<34} {len(texts):>5} chunks  dense "
+            + " ".join(f"@{k} {row[f'dense_at_{k}']:.4f}" for k in ks)
+            + "  lexical "
+            + " ".join(f"@{k} {row[f'lexical_at_{k}']:.4f}" for k in ks),
             flush=True,
         )
     return rows
@@ -706,8 +716,9 @@ def main(argv: list[str] | None = None) -> int:
         nargs="?",
         const="128,200",
         metavar="SIZES",
-        help="also score other chunkings offline (no server): the worker's chunk_sections at "
-        "these CHUNK_SIZEs (default 128,200) and paragraph-first chunking",
+        help="also score chunking strategies offline (no server): the worker's chunk_sections, "
+        "recursive at these CHUNK_SIZEs (default 128,200) and structure-aware at several "
+        "CHUNK_MIN_SIZEs, with and without heading paths; dense and lexical",
     )
     parser.add_argument("--limit", type=int, help="ask only the first N questions")
     parser.add_argument(
@@ -868,7 +879,7 @@ def report_language(
     study = None
     if args.chunking_study:
         sizes = [int(x) for x in args.chunking_study.split(",") if x.strip()]
-        print(f"chunking study ({lang}, offline, same model, exact cosine):")
+        print(f"chunking study ({lang}, offline, same model; dense: exact cosine, lexical: bm25):")
         study = chunking_study(data, ceil, ks, sizes)
     return {
         "questions": len(queries),
