@@ -211,7 +211,15 @@ def exact_matches(
         for hit in hits:
             found.setdefault(hit.id, hit)
             terms_held[hit.id] = terms_held.get(hit.id, 0) + 1
-    order = sorted(found, key=lambda i: -terms_held[i])  # stable: the first term's order kept
+    # More rare terms first, then in document order.
+    order = sorted(
+        found,
+        key=lambda i: (
+            -terms_held[i],
+            found[i].metadata["document_id"],
+            found[i].metadata["chunk_index"],
+        ),
+    )
     return [found[i] for i in order]
 
 
@@ -220,15 +228,14 @@ _EXACT_POSTGRES = (
     "(SELECT {n} AS term, " + _EXACT_COLUMNS + " FROM passages AS p "
     "JOIN documents AS d ON d.id = p.document_id "
     "WHERE p.chatbot_id = :chatbot AND d.status = :ready "
-    "AND p.tsv @@ plainto_tsquery(CAST(:config AS regconfig), :term{n}) "
-    "ORDER BY p.id LIMIT :cap)"
+    "AND p.tsv @@ plainto_tsquery(CAST(:config AS regconfig), :term{n}) LIMIT :cap)"
 )
 _EXACT_SQLITE = (
     "SELECT * FROM (SELECT {n} AS term, " + _EXACT_COLUMNS + " FROM passages_fts "
     "JOIN passages AS p ON p.id = passages_fts.rowid "
     "JOIN documents AS d ON d.id = p.document_id "
     "WHERE passages_fts MATCH :term{n} AND p.chatbot_id = :chatbot AND d.status = :ready "
-    "ORDER BY p.id LIMIT :cap)"
+    "LIMIT :cap)"
 )
 
 
@@ -280,9 +287,10 @@ def _hit(
 
 # PostgreSQL ranks by term frequency alone (ts_rank has no inverse document frequency), so
 # "Which entry has code 2029969?" would favour the passages saying "entry" most often. Each
-# of the question's lexemes is weighted by its BM25 idf within the chatbot, counted from the
-# GIN index; counts stop at IDF_COUNT_CAP passages (a word that common weighs next to nothing
-# anyway), which bounds the cost of common words in big chatbots.
+# of the question's lexemes is weighted by its BM25 idf within the chatbot: the passages
+# holding it counted from the GIN index, up to IDF_COUNT_CAP (a word that common weighs next
+# to nothing anyway, and the cap bounds the cost of common words in big chatbots), out of the
+# chunks of the chatbot's ready documents.
 IDF_COUNT_CAP = 10_000
 # A lexeme becomes a one-word tsquery quoted as tsquery input wants it (\ and ' escaped), so
 # that it is matched as the index stored it, not parsed again.
@@ -296,11 +304,12 @@ _POSTGRES_SEARCH = text(
         LIMIT :max_terms
     ),
     total AS (
-        SELECT count(*) AS n FROM (
-            SELECT 1 FROM passages WHERE chatbot_id = :chatbot LIMIT :cap) AS capped
+        SELECT greatest(coalesce(sum(chunk_count), 0), 1) AS n
+        FROM documents WHERE chatbot_id = :chatbot AND status = :ready
     ),
     weights AS (
-        SELECT terms.query, ln(1 + (total.n - df.n + 0.5) / (df.n + 0.5)) AS idf
+        SELECT terms.query,
+               ln(1 + (greatest(total.n, df.n) - df.n + 0.5) / (df.n + 0.5)) AS idf
         FROM terms CROSS JOIN total CROSS JOIN LATERAL (
             SELECT count(*) AS n FROM (
                 SELECT 1 FROM passages

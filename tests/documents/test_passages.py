@@ -68,6 +68,7 @@ def _document(
             file_path="x",
             file_type="txt",
             status=DocumentStatus.ready if ready else DocumentStatus.processing,
+            chunk_count=len(texts),
         )
         session.add(document)
         session.flush()
