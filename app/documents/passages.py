@@ -61,10 +61,8 @@ DEFAULT_LANGUAGE = "simple"
 # A question's words that reach the index: enough for any real question, bounded for a
 # hostile one.
 MAX_QUERY_TERMS = 64
-# Exact terms: at most this many per question are looked up, and one counts as rare (its
-# passages come first) when at most EXACT_MAX_PASSAGES of the chatbot's passages hold it.
+# Exact terms: at most this many per question are looked up.
 MAX_EXACT_TERMS = 4
-EXACT_MAX_PASSAGES = 3
 # A word, or words joined by - . / : as in codes and numbers ("E-7731", "4.2.1"): kept whole,
 # so the engine splits it as it split the document (PostgreSQL reads "-7731" as a number).
 _TOKEN = re.compile(r"\w+(?:[-./:]\w+)*")
@@ -160,14 +158,18 @@ def exact_terms(question: str) -> list[str]:
 
 
 def exact_matches(
-    session: Session, chatbot_id: uuid.UUID, question: str, language: str | None
+    session: Session,
+    chatbot_id: uuid.UUID,
+    question: str,
+    language: str | None,
+    max_passages: int = 3,
 ) -> list[Hit]:
     """The passages holding an exact term of the question that few passages hold (at most
-    EXACT_MAX_PASSAGES): the product code, error number or name the visitor typed, which
+    ``max_passages``): the product code, error number or name the visitor typed, which
     a ranking of all the question's words can bury. Passages holding more such terms first.
     One statement for all the terms."""
     terms = exact_terms(question)
-    if not terms:
+    if not terms or max_passages <= 0:
         return []
     postgres = _postgres(session)
     statement = text(
@@ -178,7 +180,7 @@ def exact_matches(
     values: dict[str, object] = {
         "chatbot": chatbot_id if postgres else chatbot_id.hex,
         "ready": DocumentStatus.ready.value,
-        "cap": EXACT_MAX_PASSAGES + 1,
+        "cap": max_passages + 1,
         "config": language if language in LANGUAGES else DEFAULT_LANGUAGE,
     }
     for n, term in enumerate(terms):
@@ -206,7 +208,7 @@ def exact_matches(
     terms_held: dict[str, int] = {}
     for number in sorted(by_term):
         hits = by_term[number]
-        if len(hits) > EXACT_MAX_PASSAGES:
+        if len(hits) > max_passages:
             continue
         for hit in hits:
             found.setdefault(hit.id, hit)

@@ -46,7 +46,9 @@ def find_passages(
         rankings["dense"] = dense_hits
     rankings["lexical"] = passages.search(session, chatbot_id, question, language, depth)
     fused = reciprocal_rank_fusion(rankings, depth)
-    exact = passages.exact_matches(session, chatbot_id, question, language)
+    exact = passages.exact_matches(
+        session, chatbot_id, question, language, settings.RETRIEVAL_EXACT_MAX_PASSAGES
+    )
     return exact_first(exact, fused, top_k)
 
 
