@@ -240,3 +240,22 @@ def test_a_passage_keeps_its_heading(db: Database) -> None:
     with db.session() as session:
         (hit,) = search(session, a, "refunds", None, 5)
     assert hit.metadata["heading"] == "Returns > Refunds"
+
+
+def test_quotes_and_backslashes_in_a_question_are_words(db: Database) -> None:
+    a = _chatbot(db)
+    _document(db, a, ["O'Brien keeps the spare keys.", "The path is C:\\Tools\\pump."])
+    assert _found(db, a, "Where does O'Brien keep the 'keys'?")[0] == (
+        "O'Brien keeps the spare keys."
+    )
+    assert _found(db, a, "C:\\Tools\\pump \\' \\\\ ''")[0] == "The path is C:\\Tools\\pump."
+    with db.session() as session:
+        assert exact_matches(session, a, "What is \\'QX\\'?", None) == []
+
+
+def test_exact_matches_can_be_turned_off(db: Database) -> None:
+    a = _chatbot(db)
+    _document(db, a, ["Error E4711 means the filter is blocked."])
+    with db.session() as session:
+        assert len(exact_matches(session, a, "what is E4711", None)) == 1
+        assert exact_matches(session, a, "what is E4711", None, max_passages=0) == []
