@@ -233,9 +233,11 @@ _EXACT_POSTGRES = (
     "AND p.tsv @@ plainto_tsquery(CAST(:config AS regconfig), :term{n}) LIMIT :cap)"
 )
 _EXACT_SQLITE = (
+    # CROSS JOIN: SQLite's hint to loop over the full-text matches first; otherwise it may
+    # walk the chatbot's passages and run the MATCH once per row.
     "SELECT * FROM (SELECT {n} AS term, " + _EXACT_COLUMNS + " FROM passages_fts "
-    "JOIN passages AS p ON p.id = passages_fts.rowid "
-    "JOIN documents AS d ON d.id = p.document_id "
+    "CROSS JOIN passages AS p ON p.id = passages_fts.rowid "
+    "CROSS JOIN documents AS d ON d.id = p.document_id "
     "WHERE passages_fts MATCH :term{n} AND p.chatbot_id = :chatbot AND d.status = :ready "
     "LIMIT :cap)"
 )
@@ -356,8 +358,8 @@ def _search_postgres(
 _SQLITE_SEARCH = text(
     "SELECT p.document_id, p.chunk_index, p.page, p.text, p.heading, d.filename, "
     "-bm25(passages_fts, 1.0, 0.0) AS rank "
-    "FROM passages_fts JOIN passages p ON p.id = passages_fts.rowid "
-    "JOIN documents d ON d.id = p.document_id "
+    "FROM passages_fts CROSS JOIN passages p ON p.id = passages_fts.rowid "
+    "CROSS JOIN documents d ON d.id = p.document_id "
     "WHERE passages_fts MATCH :match AND p.chatbot_id = :chatbot AND d.status = :ready "
     "ORDER BY bm25(passages_fts, 1.0, 0.0), p.id LIMIT :limit"
 )
