@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -149,9 +150,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     output = tmp / "cluster.out"
     local_chroma = tmp / "local-chroma"
     ports: set[int] = set()
-    while len(ports) < 3:
+    while len(ports) < 5:
         ports.add(free_port())
-    api1_port, api2_port, chroma_port = sorted(ports)
+    api1_port, api2_port, chroma_port, metrics1_port, metrics2_port = sorted(ports)
     env = {
         **os.environ,
         "CLUSTER_DIR": str(tmp / "data"),
@@ -161,6 +162,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "CLUSTER_API1_PORT": str(api1_port),
         "CLUSTER_API2_PORT": str(api2_port),
         "CLUSTER_CHROMA_PORT": str(chroma_port),
+        "CLUSTER_WORKER1_METRICS_PORT": str(metrics1_port),
+        "CLUSTER_WORKER2_METRICS_PORT": str(metrics2_port),
         "CLUSTER_READY_SECONDS": "150",
         "CLUSTER_STOP_SECONDS": "20",
         "RATE_LIMIT_KEY_PREFIX": prefix,
@@ -288,6 +291,12 @@ def test_upload_on_one_api_is_ingested_by_a_standalone_worker_and_answered_by_bo
     collection = chroma.get_collection(f"chatbot_{uuid.UUID(bot['id']).hex}")
     assert collection.count() == done["chunk_count"]
     assert not cluster.local_chroma.exists()
+
+    # The worker that ingested it counts the document on its own /metrics.
+    worker = next(w for w in cluster.state["workers"] if w["pid"] == _owner_pid(owner))
+    metrics = httpx.get(worker["metrics_url"], timeout=10)
+    assert metrics.status_code == 200
+    assert re.search(r'^ingest_documents_total\{status="ready"\} [1-9]', metrics.text, re.M)
 
 
 def test_login_throttle_is_shared_by_both_apis(cluster: Cluster) -> None:

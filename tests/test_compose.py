@@ -28,6 +28,8 @@ WIRING = {
     "RATE_LIMIT_STORAGE_URL",
     "PUBLIC_BASE_URL",
     "SECRET_KEY",
+    "WORKER_METRICS_PORT",
+    "WORKER_METRICS_HOST",
 }
 PLACEHOLDERS = {"--host": "<host>", "--port": "<port>", "--path": "<path>"}
 
