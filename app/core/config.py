@@ -126,8 +126,9 @@ class Settings(BaseSettings):
     RETRIEVAL_MODE: Literal["dense", "hybrid", "lexical"] = "hybrid"
     # Passages each retriever proposes before fusion keeps the chatbot's top_k.
     RETRIEVAL_CANDIDATES: int = Field(default=20, ge=1, le=200)
-    # hybrid and lexical: an exact term of the question (a code, a number, a name) held by at
-    # most this many of the chatbot's passages puts them first; 0: off.
+    # hybrid and lexical: the passages holding an exact term of the question (a code, a number,
+    # a name) that at most this many of the chatbot's passages hold form a third ranking in
+    # the fusion; 0: off.
     RETRIEVAL_EXACT_MAX_PASSAGES: int = Field(default=3, ge=0, le=20)
     FALLBACK_MESSAGE: str = "I could not find anything about that in the documents I was given."
     SSE_HEARTBEAT_SECONDS: float = Field(default=15.0, gt=0)

@@ -3,7 +3,6 @@ one (the database's full-text index, app/documents/passages.py), or both fused b
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 
 from sqlalchemy.orm import Session
@@ -45,25 +44,10 @@ def find_passages(
     if mode == "hybrid":
         rankings["dense"] = dense_hits
     rankings["lexical"] = passages.search(session, chatbot_id, question, language, depth)
-    fused = reciprocal_rank_fusion(rankings, depth)
-    exact = passages.exact_matches(
+    # A third ranking: the passages holding a rare exact term of the question. Fused like the
+    # others, it lifts such a passage above the look-alikes both retrievers half agree on,
+    # while a passage both rank first stays first.
+    rankings["exact"] = passages.exact_matches(
         session, chatbot_id, question, language, settings.RETRIEVAL_EXACT_MAX_PASSAGES
     )
-    return exact_first(exact, fused, top_k)
-
-
-def exact_first(exact: list[Hit], fused: list[Hit], top_k: int) -> list[Hit]:
-    """The passages holding a rare exact term of the question first (with "exact" among
-    their retrievers and their fused score where the fusion found them), then the fusion's
-    ranking."""
-    if not exact:
-        return fused[:top_k]
-    by_id = {hit.id: hit for hit in fused}
-    first = []
-    for hit in exact:
-        fused_hit = by_id.get(hit.id)
-        base = fused_hit if fused_hit is not None else dataclasses.replace(hit, score=0.0)
-        retrievers = tuple(dict.fromkeys((*base.retrievers, "lexical", "exact")))
-        first.append(dataclasses.replace(base, retrievers=retrievers))
-    pinned = {hit.id for hit in first}
-    return (first + [hit for hit in fused if hit.id not in pinned])[:top_k]
+    return reciprocal_rank_fusion(rankings, top_k)

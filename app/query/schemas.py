@@ -55,7 +55,7 @@ class Source(Schema):
     )
     retrievers: list[Literal["dense", "lexical", "exact"]] = Field(
         description="Which retrievers found the passage; exact: it holds a code, number or "
-        "name of the question that few passages hold, and is listed first."
+        "name of the question that few passages hold (a third ranking in the fusion)."
     )
     text: str
 
