@@ -306,7 +306,8 @@
   Widget.prototype.showSources = function (item, sources) {
     var seen = {}, list = el("ul", { class: "sources", "aria-label": this.t.sources }), t = this.t;
     (sources || []).forEach(function (s) {
-      var label = s.filename + (s.page ? ", " + t.page + " " + s.page : "");
+      var label = s.filename + (s.heading ? " \u203a " + s.heading : "") +
+        (s.page ? ", " + t.page + " " + s.page : "");
       if (!s.filename || seen[label]) return;
       seen[label] = true;
       list.appendChild(el("li", { text: label }));
@@ -465,7 +466,9 @@
     if (reply.getAttribute("data-state") === "done") {
       renderMarkdown(body, text);
       this.showSources(reply, sources);
-      var kept = (sources || []).map(function (s) { return { filename: s.filename, page: s.page }; });
+      var kept = (sources || []).map(function (s) {
+        return { filename: s.filename, heading: s.heading, page: s.page };
+      });
       this.state.messages.push({ role: "bot", text: text, sources: kept });
       this.remember({});
       this.scroll();

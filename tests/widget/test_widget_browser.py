@@ -178,6 +178,21 @@ HOSTILE = (
 )
 
 
+def test_sources_name_the_section_of_a_structured_document(make_bot, fake_llm, context, site):
+    _, _, snippet = make_bot("# Service\n\n## Opening hours\n\n" + FACTS, filename="faq.md")
+    page = context.new_page()
+    page.goto(site.page("/faq", snippet))
+    page.locator(LAUNCHER).click()
+    answer = _ask(page, "When is support open?")
+    expect(answer).to_have_attribute("data-state", "done")
+    expect(answer.locator(".sources li")).to_have_text(["faq.md \u203a Service > Opening hours"])
+    page.reload()  # kept with the conversation
+    page.locator(LAUNCHER).click()
+    expect(page.locator(ANSWERS).locator(".sources li")).to_have_text(
+        ["faq.md \u203a Service > Opening hours"]
+    )
+
+
 def test_hostile_page_styles_do_not_break_the_widget(make_bot, fake_llm, context, site):
     _, _, snippet = make_bot()
     page = context.new_page()
