@@ -29,7 +29,9 @@ beside it. Either way each size reports the API's RSS before its queries too, so
 while ingesting and the growth while answering over more chatbots show apart.
 
 Targets: p95 at the largest size <= 1.2x p95 at 1 chatbot; RSS per extra chatbot <= 50 KB
-(from the smallest to the largest size).
+(from the smallest to the largest size). With three sizes or more the growth from the
+next-to-last size to the last is printed too: one-time costs (an ingesting process's model
+buffers for its largest batch, reached with the first full batches) are behind by then.
 
     .venv/bin/python bench/scale.py
     .venv/bin/python bench/scale.py --sizes 1,100,500 --queries 300 --json out.json
@@ -456,6 +458,16 @@ def main(argv: list[str] | None = None) -> int:
         if "worker_rss_mb" in last
         else None
     )
+    # From the next-to-last size on: what is left once one-time costs (the model's buffers for
+    # its largest batch, reached with the first full batches of passages) are behind.
+    before_last = rows[-2] if len(rows) > 2 else first
+    span = max(1, last["chatbots"] - before_last["chatbots"])
+    marginal = (last["rss_mb"] - before_last["rss_mb"]) * 1024 / span
+    worker_marginal = (
+        (last["worker_rss_mb"] - before_last["worker_rss_mb"]) * 1024 / span
+        if "worker_rss_mb" in last
+        else None
+    )
     raw_ratio = raw["all_collections"]["p95_ms"] / raw["one_collection"]["p95_ms"]
     cpu_ratio = last["server_cpu_ms_per_query"] / max(first["server_cpu_ms_per_query"], 1e-9)
     figures["summary"] = {
@@ -465,6 +477,10 @@ def main(argv: list[str] | None = None) -> int:
         "rss_kb_per_extra_chatbot_while_growing": round(growing * 1024 / extra, 1),
         "rss_kb_per_extra_chatbot_while_answering": round(answering * 1024 / extra, 1),
         "worker_rss_kb_per_extra_chatbot": None if worker_kb is None else round(worker_kb, 1),
+        "rss_kb_per_extra_chatbot_from_next_to_last_size": round(marginal, 1),
+        "worker_rss_kb_per_extra_chatbot_from_next_to_last_size": (
+            None if worker_marginal is None else round(worker_marginal, 1)
+        ),
         "raw_p95_ratio": round(raw_ratio, 3),
     }
     print(
@@ -490,6 +506,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     if worker_kb is not None:
         print(f"worker RSS per extra chatbot (one document each): {worker_kb:.1f} KB")
+    if before_last is not first:
+        print(
+            f"RSS per extra chatbot from {before_last['chatbots']} to {last['chatbots']} "
+            f"chatbots: {marginal:.1f} KB (one-time costs behind)"
+            + (f"; worker {worker_marginal:.1f} KB" if worker_marginal is not None else "")
+        )
     write_figures(args.json, figures)
     return 0
 
