@@ -21,13 +21,23 @@ loopback; CHROMA_URL), as in the distributed layout: the API process's RSS is th
 platform's own, and the Chroma server's RSS is printed beside it (the raw search goes to the
 same server).
 
+With ``--standalone-worker`` (implies ``--chroma-server``) the documents are ingested by a
+``python -m app.ingest`` process beside the API server (which runs with INGEST_WORKERS=0), as
+in the distributed layout: the API process's RSS growth is then the cost of serving more
+chatbots alone, and the worker's RSS (the cost of ingesting their documents) is printed
+beside it. Either way each size reports the API's RSS before its queries too, so the growth
+while ingesting and the growth while answering over more chatbots show apart.
+
 Targets: p95 at the largest size <= 1.2x p95 at 1 chatbot; RSS per extra chatbot <= 50 KB
-(from the smallest to the largest size).
+(from the smallest to the largest size). With three sizes or more the growth from the
+next-to-last size to the last is printed too: one-time costs (an ingesting process's model
+buffers for its largest batch, reached with the first full batches) are behind by then.
 
     .venv/bin/python bench/scale.py
     .venv/bin/python bench/scale.py --sizes 1,100,500 --queries 300 --json out.json
     .venv/bin/python bench/scale.py --env CHROMA_HANDLE_CACHE_SIZE=64
     .venv/bin/python bench/scale.py --chroma-server
+    .venv/bin/python bench/scale.py --standalone-worker --sizes 1,100,300 --queries 100
 
 The server's CPU time per question (its process group, during the measured queries) is
 printed too: unlike wall time, other processes on the machine barely move it. Every phase
@@ -39,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -208,11 +219,50 @@ class ChromaServer:
             self.process.wait(30)
 
 
+class IngestWorkerProcess:
+    """`python -m app.ingest` with the API server's settings (database, uploads, Chroma
+    server), in a session of its own."""
+
+    def __init__(self, server: BenchServer):
+        self.server = server
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> IngestWorkerProcess:
+        assert self.server.workdir is not None
+        env = self.server.env()
+        env["INGEST_WORKERS"] = "1"
+        log = open(self.server.workdir / "worker.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "python"), "-m", "app.ingest"],
+            cwd=self.server.workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+                process.wait(10)
+
+
 def measure(
-    fleet: Fleet, queries: int, warmup: int, chroma: ChromaServer | None = None
+    fleet: Fleet,
+    queries: int,
+    warmup: int,
+    chroma: ChromaServer | None = None,
+    worker: IngestWorkerProcess | None = None,
 ) -> dict[str, Any]:
     server = fleet.server
     assert server.process is not None
+    before_queries = process_status(server.process.pid)["rss_mb"]
     with httpx.Client(base_url=server.base_url, timeout=60.0) as client:
         for bot in fleet.bots[:warmup]:
             fleet.ask(client, bot)
@@ -230,10 +280,16 @@ def measure(
         # The server's CPU per question: what a busy machine moves least.
         "server_cpu_ms_per_query": round(1000 * cpu / max(1, queries), 2),
         "other_share": round(meter.others_share, 3),
+        "rss_before_queries_mb": before_queries,
         **process_status(server.process.pid),
         **(
             {"chroma_rss_mb": process_status(chroma.process.pid)["rss_mb"]}
             if chroma and chroma.process
+            else {}
+        ),
+        **(
+            {"worker_rss_mb": process_status(worker.process.pid)["rss_mb"]}
+            if worker and worker.process
             else {}
         ),
     }
@@ -324,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--chroma-server", action="store_true", help="vectors in a Chroma server (CHROMA_URL)"
     )
+    parser.add_argument(
+        "--standalone-worker",
+        action="store_true",
+        help="ingest in a `python -m app.ingest` process, not in the API server "
+        "(implies --chroma-server)",
+    )
     parser.add_argument("--raw-worker", help=argparse.SUPPRESS)
     add_run_options(parser, "CHROMA_HANDLE_CACHE_SIZE=64")
     args = parser.parse_args(argv)
@@ -342,7 +404,11 @@ def main(argv: list[str] | None = None) -> int:
             "MAX_CHATBOTS_PER_CUSTOMER": str(BOTS_PER_TENANT),
         },
     )
+    if args.standalone_worker:
+        args.chroma_server = True  # never two processes on one embedded Chroma
+        env["INGEST_WORKERS"] = "0"
     figures: dict[str, Any] = {"model": args.model, "env": env, "sizes": []}
+    figures["standalone_worker"] = args.standalone_worker
     with contextlib.ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         chroma = None
@@ -353,34 +419,68 @@ def main(argv: list[str] | None = None) -> int:
         server = stack.enter_context(
             BenchServer(model=args.model, postgres=True, extra_env=env, keep=args.keep)
         )
+        worker = None
+        if args.standalone_worker:
+            worker = stack.enter_context(IngestWorkerProcess(server))
         fleet = Fleet(server, folder, args.seed)
         for size in sizes:
             seconds = fleet.grow(size)
-            row = measure(fleet, args.queries, args.warmup, chroma)
+            row = measure(fleet, args.queries, args.warmup, chroma, worker)
             row["setup_seconds"] = round(seconds, 1)
             figures["sizes"].append(row)
             print(
                 f"{size:4d} chatbots: p50 {row['p50_ms']:7.2f} ms  p95 {row['p95_ms']:7.2f} ms  "
                 f"server CPU {row['server_cpu_ms_per_query']:6.2f} ms/query  "
-                f"RSS {row['rss_mb']:7.1f} MB  fds {row['open_fds']:5.0f}  "
+                f"RSS {row['rss_before_queries_mb']:7.1f} -> {row['rss_mb']:7.1f} MB  "
+                f"fds {row['open_fds']:5.0f}  "
                 f"threads {row['threads']:3.0f}  "
                 + (f"Chroma server RSS {row['chroma_rss_mb']:.1f} MB  " if chroma else "")
+                + (f"worker RSS {row['worker_rss_mb']:.1f} MB  " if worker else "")
                 + f"(set up in {seconds:.0f} s; other processes "
                 f"{100 * row['other_share']:.0f}% of the CPU)",
                 flush=True,
             )
+        if worker is not None:
+            worker.__exit__()
         server.stop()
         figures["raw"] = raw = raw_cost(server, fleet, args, chroma.url if chroma else None)
     first, last = figures["sizes"][0], figures["sizes"][-1]
     ratio = last["p95_ms"] / first["p95_ms"]
     extra = max(1, last["chatbots"] - first["chatbots"])
     kb_per_bot = (last["rss_mb"] - first["rss_mb"]) * 1024 / extra
+    rows = figures["sizes"]
+    # From the first size's end to the last's: growth while the new chatbots' documents were
+    # ingested (up to each size's queries) and growth while answering over all the chatbots.
+    growing = sum(b["rss_before_queries_mb"] - a["rss_mb"] for a, b in itertools.pairwise(rows))
+    answering = sum(b["rss_mb"] - b["rss_before_queries_mb"] for b in rows[1:])
+    worker_kb = (
+        (last["worker_rss_mb"] - first["worker_rss_mb"]) * 1024 / extra
+        if "worker_rss_mb" in last
+        else None
+    )
+    # From the next-to-last size on: what is left once one-time costs (the model's buffers for
+    # its largest batch, reached with the first full batches of passages) are behind.
+    before_last = rows[-2] if len(rows) > 2 else first
+    span = max(1, last["chatbots"] - before_last["chatbots"])
+    marginal = (last["rss_mb"] - before_last["rss_mb"]) * 1024 / span
+    worker_marginal = (
+        (last["worker_rss_mb"] - before_last["worker_rss_mb"]) * 1024 / span
+        if "worker_rss_mb" in last
+        else None
+    )
     raw_ratio = raw["all_collections"]["p95_ms"] / raw["one_collection"]["p95_ms"]
     cpu_ratio = last["server_cpu_ms_per_query"] / max(first["server_cpu_ms_per_query"], 1e-9)
     figures["summary"] = {
         "p95_ratio": round(ratio, 3),
         "server_cpu_per_query_ratio": round(cpu_ratio, 3),
         "rss_kb_per_extra_chatbot": round(kb_per_bot, 1),
+        "rss_kb_per_extra_chatbot_while_growing": round(growing * 1024 / extra, 1),
+        "rss_kb_per_extra_chatbot_while_answering": round(answering * 1024 / extra, 1),
+        "worker_rss_kb_per_extra_chatbot": None if worker_kb is None else round(worker_kb, 1),
+        "rss_kb_per_extra_chatbot_from_next_to_last_size": round(marginal, 1),
+        "worker_rss_kb_per_extra_chatbot_from_next_to_last_size": (
+            None if worker_marginal is None else round(worker_marginal, 1)
+        ),
         "raw_p95_ratio": round(raw_ratio, 3),
     }
     print(
@@ -399,8 +499,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"RSS per extra chatbot: {kb_per_bot:.1f} KB (target <= {TARGET_KB_PER_CHATBOT:.0f}) "
-        f"{'OK' if kb_per_bot <= TARGET_KB_PER_CHATBOT else 'MISSED'}"
+        f"{'OK' if kb_per_bot <= TARGET_KB_PER_CHATBOT else 'MISSED'}: "
+        f"{growing * 1024 / extra:.1f} KB while their documents were "
+        + ("ingested by the worker" if worker_kb is not None else "ingested in the server")
+        + f", {answering * 1024 / extra:.1f} KB while answering"
     )
+    if worker_kb is not None:
+        print(f"worker RSS per extra chatbot (one document each): {worker_kb:.1f} KB")
+    if before_last is not first:
+        print(
+            f"RSS per extra chatbot from {before_last['chatbots']} to {last['chatbots']} "
+            f"chatbots: {marginal:.1f} KB (one-time costs behind)"
+            + (f"; worker {worker_marginal:.1f} KB" if worker_marginal is not None else "")
+        )
     write_figures(args.json, figures)
     return 0
 

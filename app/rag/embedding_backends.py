@@ -42,6 +42,12 @@ QUANTIZATIONS = ("none", "int8")
 CALIBRATION_FILE = Path(__file__).with_name("calibration_passages.txt")
 # Bump when the export format changes: older cached folders are then ignored, not misread.
 EXPORT_FORMAT = 1
+# The shapes an exported model is run on. OpenVINO's CPU plugin keeps state for every input
+# shape it has seen (a few hundred KB each, never given back), so a process that embeds texts
+# of every length in batches of every size grows without end. Batches are therefore cut into
+# powers of two (27 texts: 16 + 8 + 2 + 1) and padded to a multiple of LENGTH_STEP tokens
+# (attention-masked padding: the vectors do not change): a few dozen shapes in all.
+LENGTH_STEP = 32
 
 
 class BackendUnavailable(RuntimeError):
@@ -83,6 +89,34 @@ def tokenize(model: SentenceTransformer, texts: Sequence[str], names: list[str])
         return_tensors="np",
     )
     return {name: encoded[name].astype("int64") for name in names}
+
+
+def pad_length(
+    inputs: dict[str, np.ndarray], step: int, max_length: int, pad_id: int
+) -> dict[str, np.ndarray]:
+    """Tokenized inputs padded on the right to a multiple of `step` tokens (never beyond
+    `max_length`, unless they are longer already): input ids with `pad_id`, masks with 0."""
+    import numpy as np
+
+    length = inputs["input_ids"].shape[1]
+    target = max(length, min(-(-length // step) * step, max_length))
+    if target == length:
+        return inputs
+    padded = {}
+    for name, array in inputs.items():
+        value = pad_id if name == "input_ids" else 0
+        padded[name] = np.pad(array, ((0, 0), (0, target - length)), constant_values=value)
+    return padded
+
+
+def power_of_two_batches(count: int, batch_size: int) -> list[int]:
+    """`count` texts as batches of powers of two, each at most `batch_size`, largest first."""
+    sizes = []
+    while count > 0:
+        size = 1 << (min(count, max(1, batch_size)).bit_length() - 1)
+        sizes.append(size)
+        count -= size
+    return sizes
 
 
 def cache_folder(cache_dir: Path, model_name: str, source: str, variant: Variant) -> Path:
@@ -306,6 +340,8 @@ class ExportedEncoder:
         self.variant = variant
         self.folder = folder
         self.names = _input_names(model)
+        self.pad_id = int(getattr(model.tokenizer, "pad_token_id", None) or 0)
+        self.max_length = int(model.max_seq_length or 1 << 30)
 
     def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         import numpy as np
@@ -313,9 +349,13 @@ class ExportedEncoder:
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = np.empty((len(texts), 0), dtype=np.float32)
         rows: list[np.ndarray] = []
-        for start in range(0, len(order), batch_size):
-            batch = [texts[i] for i in order[start : start + batch_size]]
-            rows.append(np.asarray(self.runner(tokenize(self.model, batch, self.names))))
+        start = 0
+        for size in power_of_two_batches(len(order), batch_size):
+            batch = [texts[i] for i in order[start : start + size]]
+            start += size
+            inputs = tokenize(self.model, batch, self.names)
+            inputs = pad_length(inputs, LENGTH_STEP, self.max_length, self.pad_id)
+            rows.append(np.asarray(self.runner(inputs)))
         if rows:
             stacked = np.concatenate(rows).astype(np.float32, copy=False)
             norms = np.linalg.norm(stacked, axis=1, keepdims=True)
