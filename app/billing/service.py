@@ -5,10 +5,26 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import CursorResult, Select, case, delete, func, select, update
+from sqlalchemy import (
+    BigInteger,
+    CursorResult,
+    Date,
+    Select,
+    Uuid,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from app.core.db import insert_for
@@ -16,12 +32,13 @@ from app.core.errors import NotFound
 from app.models import (
     Chatbot,
     ChatbotMonthlyUsage,
+    ChatHistory,
     Customer,
     TokenCredit,
     TokenReservation,
     UsageToken,
 )
-from app.models.base import utcnow
+from app.models.base import UTCDateTime, utcnow
 
 
 def get_usage(session: Session, customer_id: uuid.UUID) -> UsageToken:
@@ -195,6 +212,175 @@ def take_reservation(session: Session, reservation_id: uuid.UUID) -> int:
         .returning(TokenReservation.tokens)
     )
     return int(tokens or 0)
+
+
+def take_answer_slot(
+    session: Session,
+    reservation_id: uuid.UUID,
+    customer_id: uuid.UUID,
+    chatbot_id: uuid.UUID,
+    month: date,
+    tokens: int,
+    *,
+    ttl_seconds: int,
+    max_in_progress: int,
+) -> tuple[int, bool]:
+    """After `reserve_chatbot_month` (whose row lock makes the count exact): the chatbot's
+    answers in progress and, when they are fewer than `max_in_progress`, `tokens` off the
+    balance (`reserve_tokens`) and the reservation row (`record_reservation`). Returns (the
+    answers in progress, whether the tokens were taken); on PostgreSQL in one statement.
+
+    Not one statement with `reserve_chatbot_month`: a statement reads from a snapshot taken
+    when it starts, before it waits for the month row; this one starts once the row is held,
+    so it sees the reservations of every question that held it before."""
+    if session.get_bind().dialect.name != "postgresql":
+        busy = answers_in_progress(session, chatbot_id, ttl_seconds)
+        if busy >= max_in_progress:
+            return busy, False
+        if not reserve_tokens(session, customer_id, tokens):
+            return busy, False
+        record_reservation(session, reservation_id, customer_id, chatbot_id, month, tokens)
+        return busy, True
+    now = utcnow()
+    since = now - timedelta(seconds=ttl_seconds)
+    live = (
+        select(func.count().label("n"))
+        .select_from(TokenReservation)
+        .where(TokenReservation.chatbot_id == chatbot_id, TokenReservation.created_at >= since)
+        .cte("live")
+    )
+    taken = (
+        update(UsageToken)
+        .where(
+            UsageToken.customer_id == customer_id,
+            UsageToken.tokens_remaining >= tokens,
+            select(live.c.n).scalar_subquery() < max_in_progress,
+        )
+        .values(tokens_remaining=UsageToken.tokens_remaining - tokens, last_updated=now)
+        .returning(UsageToken.customer_id)
+        .cte("taken")
+    )
+    recorded = (
+        insert(TokenReservation)
+        .from_select(
+            ["id", "customer_id", "chatbot_id", "month", "tokens", "created_at"],
+            select(
+                literal(reservation_id, Uuid()),
+                taken.c.customer_id,
+                literal(chatbot_id, Uuid()),
+                literal(month, Date()),
+                literal(tokens, BigInteger()),
+                literal(now, UTCDateTime()),
+            ),
+        )
+        .returning(TokenReservation.id)
+        .cte("recorded")
+    )
+    in_progress, recorded_rows = (
+        session.connection()
+        .execute(select(live.c.n, select(func.count()).select_from(recorded).scalar_subquery()))
+        .one()
+    )
+    return int(in_progress), recorded_rows == 1
+
+
+def settle_answer(
+    session: Session,
+    reservation_id: uuid.UUID | None,
+    customer_id: uuid.UUID,
+    chatbot_id: uuid.UUID,
+    month: date,
+    input_tokens: int,
+    output_tokens: int,
+    history: Mapping[str, Any],
+) -> None:
+    """An answer's settlement, in one statement (PostgreSQL; `finish` spells it out for
+    SQLite): its reservation deleted (`take_reservation`; none when `reservation_id` is None),
+    the chatbot's month corrected by what was really used (`adjust_chatbot_month`) or, with
+    nothing (left) reserved, counted now (`reserve_chatbot_month`), the balance settled
+    (`settle_tokens`), and the history row written (`history`: its columns).
+
+    Each step reads the one before (the reservation's tokens, then how many rows the step
+    before changed), so the rows are locked in the usual order: the reservation, the month,
+    the balance, the customer."""
+    used = input_tokens + output_tokens
+    now = utcnow()
+    if reservation_id is not None:
+        taken = (
+            delete(TokenReservation)
+            .where(TokenReservation.id == reservation_id)
+            .returning(TokenReservation.tokens)
+            .cte("taken")
+        )
+        held = select(func.coalesce(func.sum(taken.c.tokens), 0).label("reserved")).cte("held")
+    else:
+        held = select(literal(0, BigInteger()).label("reserved")).cte("held")
+    reserved = select(held.c.reserved).scalar_subquery()
+    month_tokens = ChatbotMonthlyUsage.tokens + (used - reserved)
+    adjusted = (
+        update(ChatbotMonthlyUsage)
+        .where(
+            ChatbotMonthlyUsage.chatbot_id == chatbot_id,
+            ChatbotMonthlyUsage.month == month,
+            reserved > 0,
+            reserved != used,
+        )
+        .values(tokens=case((month_tokens < 0, 0), else_=month_tokens))
+        .returning(ChatbotMonthlyUsage.chatbot_id)
+        .cte("adjusted")
+    )
+    counting = postgresql.insert(ChatbotMonthlyUsage).from_select(
+        ["chatbot_id", "month", "tokens"],
+        select(
+            literal(chatbot_id, Uuid()), literal(month, Date()), literal(used, BigInteger())
+        ).where(reserved == 0, literal(used) > 0),
+    )
+    counted = (
+        counting.on_conflict_do_update(
+            index_elements=[ChatbotMonthlyUsage.chatbot_id, ChatbotMonthlyUsage.month],
+            set_={"tokens": ChatbotMonthlyUsage.tokens + counting.excluded.tokens},
+        )
+        .returning(ChatbotMonthlyUsage.chatbot_id)
+        .cte("counted")
+    )
+    # "After the month": a condition on how many month rows changed (always true), which
+    # the balance's update evaluates before it touches its row.
+    after_month = (
+        select(func.count()).select_from(adjusted).scalar_subquery()
+        + select(func.count()).select_from(counted).scalar_subquery()
+    ) >= 0
+    remaining = UsageToken.tokens_remaining + reserved - used
+    charged = (
+        update(UsageToken)
+        .where(UsageToken.customer_id == customer_id, (reserved > 0) | (literal(used) > 0))
+        .where(after_month)
+        .values(
+            # A provider may count a few more tokens than our estimate; never below zero.
+            tokens_remaining=case((remaining < 0, 0), else_=remaining),
+            tokens_used=UsageToken.tokens_used + used,
+            input_tokens_used=UsageToken.input_tokens_used + input_tokens,
+            output_tokens_used=UsageToken.output_tokens_used + output_tokens,
+            last_updated=now,
+        )
+        .returning(UsageToken.customer_id)
+        .cte("charged")
+    )
+    after_balance = select(func.count()).select_from(charged).scalar_subquery() >= 0
+    spent = (
+        update(Customer)
+        .where(Customer.id == customer_id, (reserved > 0) | (literal(used) > 0))
+        .where(after_balance)
+        .values(usage_tokens=Customer.usage_tokens + used, updated_at=now)
+        .returning(Customer.id)
+        .cte("spent")
+    )
+    columns = ChatHistory.__table__.c
+    names = list(history)
+    values = [literal(history[name], columns[name].type) for name in names]
+    after_customer = select(func.count()).select_from(spent).scalar_subquery() >= 0
+    session.connection().execute(
+        insert(ChatHistory).from_select(names, select(*values).where(after_customer))
+    )
 
 
 @dataclass(frozen=True)
