@@ -3,6 +3,7 @@ every credit (an operator's grant, a paid invoice)."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping
@@ -14,13 +15,15 @@ from sqlalchemy import (
     BigInteger,
     CursorResult,
     Date,
+    Insert,
+    Integer,
     Select,
     Uuid,
+    bindparam,
     case,
     delete,
     func,
     insert,
-    literal,
     select,
     update,
 )
@@ -242,11 +245,41 @@ def take_answer_slot(
         record_reservation(session, reservation_id, customer_id, chatbot_id, month, tokens)
         return busy, True
     now = utcnow()
-    since = now - timedelta(seconds=ttl_seconds)
+    busy, recorded = (
+        session.connection()
+        .execute(
+            _answer_slot_statement(),
+            {
+                "p_reservation_id": reservation_id,
+                "p_customer_id": customer_id,
+                "p_chatbot_id": chatbot_id,
+                "p_month": month,
+                "p_tokens": tokens,
+                "p_now": now,
+                "p_since": now - timedelta(seconds=ttl_seconds),
+                "p_max_in_progress": max_in_progress,
+            },
+        )
+        .one()
+    )
+    return int(busy), recorded == 1
+
+
+@functools.cache
+def _answer_slot_statement() -> Select[int, int]:
+    """`take_answer_slot` on PostgreSQL, built once (its parameters are bound per call; their
+    names start with p_, as a parameter named like a column would set that column)."""
+    chatbot_id = bindparam("p_chatbot_id", type_=Uuid())
+    customer_id = bindparam("p_customer_id", type_=Uuid())
+    tokens = bindparam("p_tokens", type_=BigInteger())
+    now = bindparam("p_now", type_=UTCDateTime())
     live = (
         select(func.count().label("n"))
         .select_from(TokenReservation)
-        .where(TokenReservation.chatbot_id == chatbot_id, TokenReservation.created_at >= since)
+        .where(
+            TokenReservation.chatbot_id == chatbot_id,
+            TokenReservation.created_at >= bindparam("p_since", type_=UTCDateTime()),
+        )
         .cte("live")
     )
     taken = (
@@ -254,7 +287,7 @@ def take_answer_slot(
         .where(
             UsageToken.customer_id == customer_id,
             UsageToken.tokens_remaining >= tokens,
-            select(live.c.n).scalar_subquery() < max_in_progress,
+            select(live.c.n).scalar_subquery() < bindparam("p_max_in_progress", type_=Integer()),
         )
         .values(tokens_remaining=UsageToken.tokens_remaining - tokens, last_updated=now)
         .returning(UsageToken.customer_id)
@@ -265,23 +298,37 @@ def take_answer_slot(
         .from_select(
             ["id", "customer_id", "chatbot_id", "month", "tokens", "created_at"],
             select(
-                literal(reservation_id, Uuid()),
+                bindparam("p_reservation_id", type_=Uuid()),
                 taken.c.customer_id,
-                literal(chatbot_id, Uuid()),
-                literal(month, Date()),
-                literal(tokens, BigInteger()),
-                literal(now, UTCDateTime()),
+                chatbot_id,
+                bindparam("p_month", type_=Date()),
+                tokens,
+                now,
             ),
         )
         .returning(TokenReservation.id)
         .cte("recorded")
     )
-    in_progress, recorded_rows = (
-        session.connection()
-        .execute(select(live.c.n, select(func.count()).select_from(recorded).scalar_subquery()))
-        .one()
-    )
-    return int(in_progress), recorded_rows == 1
+    return select(live.c.n, select(func.count()).select_from(recorded).scalar_subquery())
+
+
+# The history row's columns `settle_answer` writes (all of them).
+HISTORY_COLUMNS = (
+    "id",
+    "chatbot_id",
+    "user_id",
+    "session_id",
+    "question",
+    "answer",
+    "sources",
+    "input_tokens",
+    "output_tokens",
+    "latency_ms",
+    "mode",
+    "is_demo",
+    "interrupted",
+    "timestamp",
+)
 
 
 def settle_answer(
@@ -298,23 +345,42 @@ def settle_answer(
     SQLite): its reservation deleted (`take_reservation`; none when `reservation_id` is None),
     the chatbot's month corrected by what was really used (`adjust_chatbot_month`) or, with
     nothing (left) reserved, counted now (`reserve_chatbot_month`), the balance settled
-    (`settle_tokens`), and the history row written (`history`: its columns).
+    (`settle_tokens`), and the history row written (`history`: its HISTORY_COLUMNS).
 
     Each step reads the one before (the reservation's tokens, then how many rows the step
     before changed), so the rows are locked in the usual order: the reservation, the month,
     the balance, the customer."""
-    used = input_tokens + output_tokens
-    now = utcnow()
-    if reservation_id is not None:
-        taken = (
-            delete(TokenReservation)
-            .where(TokenReservation.id == reservation_id)
-            .returning(TokenReservation.tokens)
-            .cte("taken")
-        )
-        held = select(func.coalesce(func.sum(taken.c.tokens), 0).label("reserved")).cte("held")
-    else:
-        held = select(literal(0, BigInteger()).label("reserved")).cte("held")
+    session.connection().execute(
+        _settlement_statement(),
+        {
+            **{f"p_history_{name}": history[name] for name in HISTORY_COLUMNS},
+            "p_reservation_id": reservation_id,
+            "p_customer_id": customer_id,
+            "p_chatbot_id": chatbot_id,
+            "p_month": month,
+            "p_input_tokens": input_tokens,
+            "p_output_tokens": output_tokens,
+            "p_used": input_tokens + output_tokens,
+            "p_now": utcnow(),
+        },
+    )
+
+
+@functools.cache
+def _settlement_statement() -> Insert:
+    """`settle_answer`'s statement, built once (its parameters are bound per call)."""
+    chatbot_id = bindparam("p_chatbot_id", type_=Uuid())
+    customer_id = bindparam("p_customer_id", type_=Uuid())
+    month = bindparam("p_month", type_=Date())
+    used = bindparam("p_used", type_=BigInteger())
+    now = bindparam("p_now", type_=UTCDateTime())
+    taken = (
+        delete(TokenReservation)
+        .where(TokenReservation.id == bindparam("p_reservation_id", type_=Uuid()))
+        .returning(TokenReservation.tokens)
+        .cte("taken")
+    )
+    held = select(func.coalesce(func.sum(taken.c.tokens), 0).label("reserved")).cte("held")
     reserved = select(held.c.reserved).scalar_subquery()
     month_tokens = ChatbotMonthlyUsage.tokens + (used - reserved)
     adjusted = (
@@ -331,9 +397,7 @@ def settle_answer(
     )
     counting = postgresql.insert(ChatbotMonthlyUsage).from_select(
         ["chatbot_id", "month", "tokens"],
-        select(
-            literal(chatbot_id, Uuid()), literal(month, Date()), literal(used, BigInteger())
-        ).where(reserved == 0, literal(used) > 0),
+        select(chatbot_id, month, used).where(reserved == 0, used > 0),
     )
     counted = (
         counting.on_conflict_do_update(
@@ -349,10 +413,12 @@ def settle_answer(
         select(func.count()).select_from(adjusted).scalar_subquery()
         + select(func.count()).select_from(counted).scalar_subquery()
     ) >= 0
+    input_tokens = bindparam("p_input_tokens", type_=BigInteger())
+    output_tokens = bindparam("p_output_tokens", type_=BigInteger())
     remaining = UsageToken.tokens_remaining + reserved - used
     charged = (
         update(UsageToken)
-        .where(UsageToken.customer_id == customer_id, (reserved > 0) | (literal(used) > 0))
+        .where(UsageToken.customer_id == customer_id, (reserved > 0) | (used > 0))
         .where(after_month)
         .values(
             # A provider may count a few more tokens than our estimate; never below zero.
@@ -368,18 +434,17 @@ def settle_answer(
     after_balance = select(func.count()).select_from(charged).scalar_subquery() >= 0
     spent = (
         update(Customer)
-        .where(Customer.id == customer_id, (reserved > 0) | (literal(used) > 0))
+        .where(Customer.id == customer_id, (reserved > 0) | (used > 0))
         .where(after_balance)
         .values(usage_tokens=Customer.usage_tokens + used, updated_at=now)
         .returning(Customer.id)
         .cte("spent")
     )
-    columns = ChatHistory.__table__.c
-    names = list(history)
-    values = [literal(history[name], columns[name].type) for name in names]
     after_customer = select(func.count()).select_from(spent).scalar_subquery() >= 0
-    session.connection().execute(
-        insert(ChatHistory).from_select(names, select(*values).where(after_customer))
+    columns = ChatHistory.__table__.c
+    values = [bindparam(f"p_history_{name}", type_=columns[name].type) for name in HISTORY_COLUMNS]
+    return insert(ChatHistory).from_select(
+        list(HISTORY_COLUMNS), select(*values).where(after_customer)
     )
 
 
