@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.base import Executable
 
 from app.core.db import insert_for
 from app.core.errors import NotFound
@@ -141,6 +142,12 @@ def reserve_chatbot_month(
     guarded upsert, so concurrent questions pass the limit by at most the one that crossed it."""
     if limit is not None and limit <= 0:
         return False
+    if session.get_bind().dialect.name == "postgresql":
+        params: dict[str, Any] = {"p_chatbot_id": chatbot_id, "p_month": month, "p_amount": amount}
+        if limit is not None:
+            params["p_limit"] = limit
+        statement = _month_statement(limited=limit is not None)
+        return session.connection().execute(statement, params).first() is not None
     table = ChatbotMonthlyUsage.__table__
     insert = insert_for(session)(table).values(chatbot_id=chatbot_id, month=month, tokens=amount)
     statement = insert.on_conflict_do_update(
@@ -149,6 +156,22 @@ def reserve_chatbot_month(
         where=(table.c.tokens < limit) if limit is not None else None,
     ).returning(table.c.tokens)
     return session.execute(statement).first() is not None
+
+
+@functools.cache
+def _month_statement(*, limited: bool) -> Executable:
+    """`reserve_chatbot_month` on PostgreSQL, built once per kind (with a limit or without)."""
+    upsert = postgresql.insert(ChatbotMonthlyUsage).values(
+        chatbot_id=bindparam("p_chatbot_id", type_=Uuid()),
+        month=bindparam("p_month", type_=Date()),
+        tokens=bindparam("p_amount", type_=BigInteger()),
+    )
+    limit = bindparam("p_limit", type_=BigInteger())
+    return upsert.on_conflict_do_update(
+        index_elements=[ChatbotMonthlyUsage.chatbot_id, ChatbotMonthlyUsage.month],
+        set_={"tokens": ChatbotMonthlyUsage.tokens + upsert.excluded.tokens},
+        where=(ChatbotMonthlyUsage.tokens < limit) if limited else None,
+    ).returning(ChatbotMonthlyUsage.tokens)
 
 
 def adjust_chatbot_month(session: Session, chatbot_id: uuid.UUID, month: date, delta: int) -> None:
