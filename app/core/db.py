@@ -125,7 +125,7 @@ class Database:
         session = self.autocommit_sessionmaker()
         try:
             yield session
-            session.commit()  # flushes what was added (no COMMIT is sent)
+            session.flush()  # what was added: each statement commits itself
         finally:
             session.close()
 

@@ -264,7 +264,7 @@ def admit_user(
             )
             .where(User.id == claims.user_id)
         ).first()
-        customer_id, chatbot = row.tuple() if row is not None else (None, None)
+        customer_id, chatbot = row._tuple() if row is not None else (None, None)
         check_token_user(claims, customer_id)
         if chatbot is None:
             raise NotFound("Chatbot not found.")
