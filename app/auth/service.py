@@ -140,9 +140,15 @@ def claims_from_token(settings: Settings, token: str | None) -> security.TokenCl
 def user_for_claims(session: Session, claims: security.TokenClaims) -> User:
     """The user a valid token names, if it still exists and still belongs to its customer."""
     user = session.get(User, claims.user_id)
-    if user is None or user.customer_id != claims.customer_id:
-        raise NotAuthenticated("The token's user no longer exists; sign in again.")
+    check_token_user(claims, user.customer_id if user is not None else None)
+    assert user is not None
     return user
+
+
+def check_token_user(claims: security.TokenClaims, customer_id: uuid.UUID | None) -> None:
+    """`customer_id`: the customer of the token's user as stored now (None: no such user)."""
+    if customer_id is None or customer_id != claims.customer_id:
+        raise NotAuthenticated("The token's user no longer exists; sign in again.")
 
 
 def get_customer(session: Session, customer_id: uuid.UUID) -> Customer:

@@ -3,25 +3,46 @@ every credit (an operator's grant, a paid invoice)."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import CursorResult, Select, case, delete, func, select, update
+from sqlalchemy import (
+    BigInteger,
+    CursorResult,
+    Date,
+    Insert,
+    Integer,
+    Select,
+    Uuid,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.base import Executable
 
 from app.core.db import insert_for
 from app.core.errors import NotFound
 from app.models import (
     Chatbot,
     ChatbotMonthlyUsage,
+    ChatHistory,
     Customer,
     TokenCredit,
     TokenReservation,
     UsageToken,
 )
-from app.models.base import utcnow
+from app.models.base import UTCDateTime, utcnow
 
 
 def get_usage(session: Session, customer_id: uuid.UUID) -> UsageToken:
@@ -121,6 +142,12 @@ def reserve_chatbot_month(
     guarded upsert, so concurrent questions pass the limit by at most the one that crossed it."""
     if limit is not None and limit <= 0:
         return False
+    if session.get_bind().dialect.name == "postgresql":
+        params: dict[str, Any] = {"p_chatbot_id": chatbot_id, "p_month": month, "p_amount": amount}
+        if limit is not None:
+            params["p_limit"] = limit
+        statement = _month_statement(limited=limit is not None)
+        return session.connection().execute(statement, params).first() is not None
     table = ChatbotMonthlyUsage.__table__
     insert = insert_for(session)(table).values(chatbot_id=chatbot_id, month=month, tokens=amount)
     statement = insert.on_conflict_do_update(
@@ -129,6 +156,22 @@ def reserve_chatbot_month(
         where=(table.c.tokens < limit) if limit is not None else None,
     ).returning(table.c.tokens)
     return session.execute(statement).first() is not None
+
+
+@functools.cache
+def _month_statement(*, limited: bool) -> Executable:
+    """`reserve_chatbot_month` on PostgreSQL, built once per kind (with a limit or without)."""
+    upsert = postgresql.insert(ChatbotMonthlyUsage).values(
+        chatbot_id=bindparam("p_chatbot_id", type_=Uuid()),
+        month=bindparam("p_month", type_=Date()),
+        tokens=bindparam("p_amount", type_=BigInteger()),
+    )
+    limit = bindparam("p_limit", type_=BigInteger())
+    return upsert.on_conflict_do_update(
+        index_elements=[ChatbotMonthlyUsage.chatbot_id, ChatbotMonthlyUsage.month],
+        set_={"tokens": ChatbotMonthlyUsage.tokens + upsert.excluded.tokens},
+        where=(ChatbotMonthlyUsage.tokens < limit) if limited else None,
+    ).returning(ChatbotMonthlyUsage.tokens)
 
 
 def adjust_chatbot_month(session: Session, chatbot_id: uuid.UUID, month: date, delta: int) -> None:
@@ -195,6 +238,237 @@ def take_reservation(session: Session, reservation_id: uuid.UUID) -> int:
         .returning(TokenReservation.tokens)
     )
     return int(tokens or 0)
+
+
+def take_answer_slot(
+    session: Session,
+    reservation_id: uuid.UUID,
+    customer_id: uuid.UUID,
+    chatbot_id: uuid.UUID,
+    month: date,
+    tokens: int,
+    *,
+    ttl_seconds: int,
+    max_in_progress: int,
+) -> tuple[int, bool]:
+    """After `reserve_chatbot_month` (whose row lock makes the count exact): the chatbot's
+    answers in progress and, when they are fewer than `max_in_progress`, `tokens` off the
+    balance (`reserve_tokens`) and the reservation row (`record_reservation`). Returns (the
+    answers in progress, whether the tokens were taken); on PostgreSQL in one statement.
+
+    Not one statement with `reserve_chatbot_month`: a statement reads from a snapshot taken
+    when it starts, before it waits for the month row; this one starts once the row is held,
+    so it sees the reservations of every question that held it before."""
+    if session.get_bind().dialect.name != "postgresql":
+        busy = answers_in_progress(session, chatbot_id, ttl_seconds)
+        if busy >= max_in_progress:
+            return busy, False
+        if not reserve_tokens(session, customer_id, tokens):
+            return busy, False
+        record_reservation(session, reservation_id, customer_id, chatbot_id, month, tokens)
+        return busy, True
+    now = utcnow()
+    busy, recorded = (
+        session.connection()
+        .execute(
+            _answer_slot_statement(),
+            {
+                "p_reservation_id": reservation_id,
+                "p_customer_id": customer_id,
+                "p_chatbot_id": chatbot_id,
+                "p_month": month,
+                "p_tokens": tokens,
+                "p_now": now,
+                "p_since": now - timedelta(seconds=ttl_seconds),
+                "p_max_in_progress": max_in_progress,
+            },
+        )
+        .one()
+    )
+    return int(busy), recorded == 1
+
+
+@functools.cache
+def _answer_slot_statement() -> Select[int, int]:
+    """`take_answer_slot` on PostgreSQL, built once (its parameters are bound per call; their
+    names start with p_, as a parameter named like a column would set that column)."""
+    chatbot_id = bindparam("p_chatbot_id", type_=Uuid())
+    customer_id = bindparam("p_customer_id", type_=Uuid())
+    tokens = bindparam("p_tokens", type_=BigInteger())
+    now = bindparam("p_now", type_=UTCDateTime())
+    live = (
+        select(func.count().label("n"))
+        .select_from(TokenReservation)
+        .where(
+            TokenReservation.chatbot_id == chatbot_id,
+            TokenReservation.created_at >= bindparam("p_since", type_=UTCDateTime()),
+        )
+        .cte("live")
+    )
+    taken = (
+        update(UsageToken)
+        .where(
+            UsageToken.customer_id == customer_id,
+            UsageToken.tokens_remaining >= tokens,
+            select(live.c.n).scalar_subquery() < bindparam("p_max_in_progress", type_=Integer()),
+        )
+        .values(tokens_remaining=UsageToken.tokens_remaining - tokens, last_updated=now)
+        .returning(UsageToken.customer_id)
+        .cte("taken")
+    )
+    recorded = (
+        insert(TokenReservation)
+        .from_select(
+            ["id", "customer_id", "chatbot_id", "month", "tokens", "created_at"],
+            select(
+                bindparam("p_reservation_id", type_=Uuid()),
+                taken.c.customer_id,
+                chatbot_id,
+                bindparam("p_month", type_=Date()),
+                tokens,
+                now,
+            ),
+        )
+        .returning(TokenReservation.id)
+        .cte("recorded")
+    )
+    return select(live.c.n, select(func.count()).select_from(recorded).scalar_subquery())
+
+
+# The history row's columns `settle_answer` writes (all of them).
+HISTORY_COLUMNS = (
+    "id",
+    "chatbot_id",
+    "user_id",
+    "session_id",
+    "question",
+    "answer",
+    "sources",
+    "input_tokens",
+    "output_tokens",
+    "latency_ms",
+    "mode",
+    "is_demo",
+    "interrupted",
+    "timestamp",
+)
+
+
+def settle_answer(
+    session: Session,
+    reservation_id: uuid.UUID | None,
+    customer_id: uuid.UUID,
+    chatbot_id: uuid.UUID,
+    month: date,
+    input_tokens: int,
+    output_tokens: int,
+    history: Mapping[str, Any],
+) -> None:
+    """An answer's settlement, in one statement (PostgreSQL; `finish` spells it out for
+    SQLite): its reservation deleted (`take_reservation`; none when `reservation_id` is None),
+    the chatbot's month corrected by what was really used (`adjust_chatbot_month`) or, with
+    nothing (left) reserved, counted now (`reserve_chatbot_month`), the balance settled
+    (`settle_tokens`), and the history row written (`history`: its HISTORY_COLUMNS).
+
+    Each step reads the one before (the reservation's tokens, then how many rows the step
+    before changed), so the rows are locked in the usual order: the reservation, the month,
+    the balance, the customer."""
+    session.connection().execute(
+        _settlement_statement(),
+        {
+            **{f"p_history_{name}": history[name] for name in HISTORY_COLUMNS},
+            "p_reservation_id": reservation_id,
+            "p_customer_id": customer_id,
+            "p_chatbot_id": chatbot_id,
+            "p_month": month,
+            "p_input_tokens": input_tokens,
+            "p_output_tokens": output_tokens,
+            "p_used": input_tokens + output_tokens,
+            "p_now": utcnow(),
+        },
+    )
+
+
+@functools.cache
+def _settlement_statement() -> Insert:
+    """`settle_answer`'s statement, built once (its parameters are bound per call)."""
+    chatbot_id = bindparam("p_chatbot_id", type_=Uuid())
+    customer_id = bindparam("p_customer_id", type_=Uuid())
+    month = bindparam("p_month", type_=Date())
+    used = bindparam("p_used", type_=BigInteger())
+    now = bindparam("p_now", type_=UTCDateTime())
+    taken = (
+        delete(TokenReservation)
+        .where(TokenReservation.id == bindparam("p_reservation_id", type_=Uuid()))
+        .returning(TokenReservation.tokens)
+        .cte("taken")
+    )
+    held = select(func.coalesce(func.sum(taken.c.tokens), 0).label("reserved")).cte("held")
+    reserved = select(held.c.reserved).scalar_subquery()
+    month_tokens = ChatbotMonthlyUsage.tokens + (used - reserved)
+    adjusted = (
+        update(ChatbotMonthlyUsage)
+        .where(
+            ChatbotMonthlyUsage.chatbot_id == chatbot_id,
+            ChatbotMonthlyUsage.month == month,
+            reserved > 0,
+            reserved != used,
+        )
+        .values(tokens=case((month_tokens < 0, 0), else_=month_tokens))
+        .returning(ChatbotMonthlyUsage.chatbot_id)
+        .cte("adjusted")
+    )
+    counting = postgresql.insert(ChatbotMonthlyUsage).from_select(
+        ["chatbot_id", "month", "tokens"],
+        select(chatbot_id, month, used).where(reserved == 0, used > 0),
+    )
+    counted = (
+        counting.on_conflict_do_update(
+            index_elements=[ChatbotMonthlyUsage.chatbot_id, ChatbotMonthlyUsage.month],
+            set_={"tokens": ChatbotMonthlyUsage.tokens + counting.excluded.tokens},
+        )
+        .returning(ChatbotMonthlyUsage.chatbot_id)
+        .cte("counted")
+    )
+    # "After the month": a condition on how many month rows changed (always true), which
+    # the balance's update evaluates before it touches its row.
+    after_month = (
+        select(func.count()).select_from(adjusted).scalar_subquery()
+        + select(func.count()).select_from(counted).scalar_subquery()
+    ) >= 0
+    input_tokens = bindparam("p_input_tokens", type_=BigInteger())
+    output_tokens = bindparam("p_output_tokens", type_=BigInteger())
+    remaining = UsageToken.tokens_remaining + reserved - used
+    charged = (
+        update(UsageToken)
+        .where(UsageToken.customer_id == customer_id, (reserved > 0) | (used > 0))
+        .where(after_month)
+        .values(
+            # A provider may count a few more tokens than our estimate; never below zero.
+            tokens_remaining=case((remaining < 0, 0), else_=remaining),
+            tokens_used=UsageToken.tokens_used + used,
+            input_tokens_used=UsageToken.input_tokens_used + input_tokens,
+            output_tokens_used=UsageToken.output_tokens_used + output_tokens,
+            last_updated=now,
+        )
+        .returning(UsageToken.customer_id)
+        .cte("charged")
+    )
+    after_balance = select(func.count()).select_from(charged).scalar_subquery() >= 0
+    spent = (
+        update(Customer)
+        .where(Customer.id == customer_id, (reserved > 0) | (used > 0))
+        .where(after_balance)
+        .values(usage_tokens=Customer.usage_tokens + used, updated_at=now)
+        .returning(Customer.id)
+        .cte("spent")
+    )
+    after_customer = select(func.count()).select_from(spent).scalar_subquery() >= 0
+    columns = ChatHistory.__table__.c
+    values = [bindparam(f"p_history_{name}", type_=columns[name].type) for name in HISTORY_COLUMNS]
+    return insert(ChatHistory).from_select(
+        list(HISTORY_COLUMNS), select(*values).where(after_customer)
+    )
 
 
 @dataclass(frozen=True)

@@ -181,17 +181,21 @@ async def public_query(
     x_api_key: Annotated[str | None, Header()] = None,
     origin: Annotated[str | None, Header()] = None,
 ) -> Response:
-    asker = await to_thread.run_sync(service.load_public_chatbot, tools.db, chatbot_id)
-    # Known from here on: an allowed website can read every later error (401, 429...).
-    allowed_origin = (
-        origin if origin and service.origin_allowed(asker.allowed_origins, origin) else None
-    )
-    with public_errors(allowed_origin, QUERY_METHODS):
-        await to_thread.run_sync(
-            lambda: service.check_public(
+
+    def admit() -> tuple[Asker, str | None]:
+        asker = service.load_public_chatbot(tools.db, chatbot_id)
+        # Known from here on: an allowed website can read every later error (401, 429...).
+        allowed = (
+            origin if origin and service.origin_allowed(asker.allowed_origins, origin) else None
+        )
+        with public_errors(allowed, QUERY_METHODS):
+            service.check_public(
                 asker, limiter, tools.settings, x_api_key, origin, ip, session_id=body.session_id
             )
-        )
+        return asker, allowed
+
+    asker, allowed_origin = await to_thread.run_sync(admit)  # one thread hop for both
+    with public_errors(allowed_origin, QUERY_METHODS):
         response = await _answer(tools, lambda: asker, body, request)
     if allowed_origin:
         response.headers.update(cors_headers(allowed_origin, QUERY_METHODS))

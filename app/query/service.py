@@ -8,19 +8,20 @@ Transactions. Unlike the other domains, the query path has no request-scoped ses
 answer streams for seconds, and a pooled connection held while waiting for the LLM would let a
 few slow answers starve the pool. Each step opens its own short transaction through
 `QueryTools.db` instead, and owns it:
-- admission reads the chatbot (and, on the JWT routes, the token's user) and commits
-  nothing; it runs in the same worker thread as `prepare`, before it;
+- admission reads the chatbot (and, on the JWT routes, the token's user) in one statement
+  without a transaction (`Database.statement`); it runs in the same worker thread as
+  `prepare`, before it;
 - `prepare` embeds and searches with no transaction open, then in one short transaction
   reads the retrieved documents' status and the session's recent turns and takes the
-  reservation (the chatbot's month, the chatbot's concurrency, the balance, and a
-  `TokenReservation` row; or a demo slot of the chatbot and of the customer), so a refused
-  question holds no lock while embedding and the rows are locked only from the reservation
-  to the commit;
-- `finish` settles the real count and writes the history row in one transaction, so
-  `tokens_used` always equals the history's sum; `abandon` gives the reservation back. Both
-  delete the reservation row, and only what the deleted row held is given back, so a
-  reservation the sweep (`app.billing.service.sweep_reservations`) already returned is never
-  returned twice.
+  reservation (the chatbot's month; then the chatbot's concurrency, the balance, and a
+  `TokenReservation` row, one statement on PostgreSQL; or a demo slot of the chatbot and of
+  the customer), so a refused question holds no lock while embedding and the rows are locked
+  only from the reservation to the commit;
+- `finish` settles the real count and writes the history row in one transaction (on
+  PostgreSQL one statement, `app.billing.service.settle_answer`), so `tokens_used` always
+  equals the history's sum; `abandon` gives the reservation back. Both delete the reservation
+  row, and only what the deleted row held is given back, so a reservation the sweep
+  (`app.billing.service.sweep_reservations`) already returned is never returned twice.
 Exactly one of `finish`/`abandon` runs for every prepared question (see answering.py); the
 sweep is the backstop for a process that died in between.
 
@@ -41,19 +42,17 @@ from limits import parse
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.auth.service import user_for_claims
+from app.auth.service import check_token_user
 from app.billing.service import (
     adjust_chatbot_month,
-    answers_in_progress,
     month_of,
-    record_reservation,
     release_tokens,
     reserve_chatbot_month,
-    reserve_tokens,
+    settle_answer,
     settle_tokens,
+    take_answer_slot,
     take_reservation,
 )
-from app.chatbots.service import get_owned_chatbot
 from app.core.config import Settings
 from app.core.db import Database, paginate
 from app.core.errors import (
@@ -73,7 +72,7 @@ from app.core.metrics import ANSWERS, QUERY_SECONDS, TOKENS, observe_since
 from app.core.ratelimit import RateLimiter
 from app.core.schemas import PageParams
 from app.core.security import TokenClaims, api_keys_match
-from app.models import Chatbot, ChatHistory, Customer, Document, DocumentStatus
+from app.models import Chatbot, ChatHistory, Customer, Document, DocumentStatus, User
 from app.models.base import utcnow
 from app.query.retrieval import dense_depth, find_passages
 from app.query.schemas import PublicChatbot
@@ -176,7 +175,7 @@ def _public_chatbot(session: Session, chatbot_id: uuid.UUID) -> Chatbot:
 
 
 def load_public_chatbot(db: Database, chatbot_id: uuid.UUID) -> Asker:
-    with db.session() as session:
+    with db.statement() as session:
         return _asker(_public_chatbot(session, chatbot_id))
 
 
@@ -184,7 +183,7 @@ def load_public_profile(
     db: Database, settings: Settings, chatbot_id: uuid.UUID
 ) -> tuple[Asker, PublicChatbot]:
     """The chatbot for the widget's first request: who may ask, and what it shows."""
-    with db.session() as session:
+    with db.statement() as session:
         chatbot = _public_chatbot(session, chatbot_id)
         profile = PublicChatbot(
             chatbot_id=chatbot.id,
@@ -251,14 +250,25 @@ def admit_user(
     path_customer_id: uuid.UUID | None = None,
     demo: bool = False,
 ) -> Asker:
-    """The JWT routes' admission in one short transaction: the token's user (it may have
-    been deleted since the token was signed), then its customer's chatbot."""
+    """The JWT routes' admission in one read: the token's user (it may have been deleted
+    since the token was signed), then its customer's chatbot."""
     if path_customer_id is not None and path_customer_id != claims.customer_id:
         raise Forbidden("This customer_id is not the one your token belongs to.")
-    with db.session() as session:
-        user = user_for_claims(session, claims)
-        chatbot = get_owned_chatbot(session, user.customer_id, chatbot_id)
-        return _asker(chatbot, user_id=user.id, demo=demo)
+    with db.statement() as session:
+        # One read: the user (`user_for_claims`) and its customer's chatbot
+        # (`get_owned_chatbot`), which is None when there is no such chatbot.
+        row = session.execute(
+            select(User.customer_id, Chatbot)
+            .outerjoin(
+                Chatbot, (Chatbot.id == chatbot_id) & (Chatbot.customer_id == User.customer_id)
+            )
+            .where(User.id == claims.user_id)
+        ).first()
+        customer_id, chatbot = row._tuple() if row is not None else (None, None)
+        check_token_user(claims, customer_id)
+        if chatbot is None:
+            raise NotFound("Chatbot not found.")
+        return _asker(chatbot, user_id=claims.user_id, demo=demo)
 
 
 # --- preparation ---
@@ -364,19 +374,27 @@ def reserve_answer(
         )
     # The upsert above holds this chatbot's month row until commit, so its reservers pass
     # here one at a time (in every API process) and the count is exact.
-    busy = answers_in_progress(session, asker.chatbot_id, settings.RESERVATION_TTL_SECONDS)
+    busy, taken = take_answer_slot(
+        session,
+        reservation_id,
+        asker.customer_id,
+        asker.chatbot_id,
+        month,
+        tokens,
+        ttl_seconds=settings.RESERVATION_TTL_SECONDS,
+        max_in_progress=settings.MAX_CONCURRENT_ANSWERS_PER_CHATBOT,
+    )
     if busy >= settings.MAX_CONCURRENT_ANSWERS_PER_CHATBOT:
         raise ChatbotBusy(
             f"This chatbot is already answering {busy} questions, its limit "
             "(MAX_CONCURRENT_ANSWERS_PER_CHATBOT); retry in a few seconds.",
             retry_after=BUSY_RETRY_SECONDS,
         )
-    if not reserve_tokens(session, asker.customer_id, tokens):
+    if not taken:
         raise InsufficientTokens(
             f"This question needs up to {tokens} tokens and the balance is lower; "
             "buy a token pack to continue."
         )
-    record_reservation(session, reservation_id, asker.customer_id, asker.chatbot_id, month, tokens)
     return month
 
 
@@ -534,38 +552,53 @@ def finish(
     TOKENS.labels("input", demo).inc(input_tokens)
     TOKENS.labels("output", demo).inc(output_tokens)
     observe_since("total", prepared.started)
-    with db.session() as session:
-        if not asker.demo:
-            # Rows are locked in one order everywhere (the reservation, the chatbot's month,
-            # the balance), so concurrent questions wait for each other instead of
-            # deadlocking. What the deleted row held is what is given back: 0 when the sweep
-            # already returned it.
-            reserved = take_reservation(session, prepared.message_id) if prepared.reserved else 0
-            used = input_tokens + output_tokens
-            if reserved and prepared.month is not None:
-                adjust_chatbot_month(session, asker.chatbot_id, prepared.month, used - reserved)
-            elif used:  # nothing (left) reserved: count it now
-                month = prepared.month or month_of(utcnow())
-                reserve_chatbot_month(session, asker.chatbot_id, month, used, None)
-            if reserved or used:
-                settle_tokens(session, asker.customer_id, reserved, input_tokens, output_tokens)
-        session.add(
-            ChatHistory(
-                id=prepared.message_id,
-                chatbot_id=asker.chatbot_id,
-                user_id=asker.user_id,
-                session_id=prepared.session_id,
-                question=prepared.question,
-                answer=answer,
-                sources=[source_dict(h) for h in prepared.hits],
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                latency_ms=int((time.perf_counter() - prepared.started) * 1000),
-                mode=prepared.mode,
-                is_demo=asker.demo,
-                interrupted=interrupted,
+    history = {
+        "id": prepared.message_id,
+        "chatbot_id": asker.chatbot_id,
+        "user_id": asker.user_id,
+        "session_id": prepared.session_id,
+        "question": prepared.question,
+        "answer": answer,
+        "sources": [source_dict(h) for h in prepared.hits],
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "latency_ms": int((time.perf_counter() - prepared.started) * 1000),
+        "mode": prepared.mode,
+        "is_demo": asker.demo,
+        "interrupted": interrupted,
+        "timestamp": utcnow(),
+    }
+    if asker.demo:  # nothing to settle: one INSERT
+        with db.statement() as session:
+            session.add(ChatHistory(**history))
+        return
+    if db.postgres:  # the steps below, in one statement
+        with db.statement() as session:
+            settle_answer(
+                session,
+                prepared.message_id if prepared.reserved else None,
+                asker.customer_id,
+                asker.chatbot_id,
+                prepared.month or month_of(utcnow()),
+                input_tokens,
+                output_tokens,
+                history,
             )
-        )
+        return
+    with db.session() as session:
+        # Rows are locked in one order everywhere (the reservation, the chatbot's month, the
+        # balance), so concurrent questions wait for each other instead of deadlocking. What
+        # the deleted row held is what is given back: 0 when the sweep already returned it.
+        reserved = take_reservation(session, prepared.message_id) if prepared.reserved else 0
+        used = input_tokens + output_tokens
+        if reserved and prepared.month is not None:
+            adjust_chatbot_month(session, asker.chatbot_id, prepared.month, used - reserved)
+        elif used:  # nothing (left) reserved: count it now
+            month = prepared.month or month_of(utcnow())
+            reserve_chatbot_month(session, asker.chatbot_id, month, used, None)
+        if reserved or used:
+            settle_tokens(session, asker.customer_id, reserved, input_tokens, output_tokens)
+        session.add(ChatHistory(**history))
 
 
 def abandon(db: Database, prepared: Prepared) -> None:

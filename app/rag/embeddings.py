@@ -228,11 +228,14 @@ class Embedder:
         tokenizer = self.model.tokenizer
         backend = getattr(tokenizer, "backend_tokenizer", None)
         count: Callable[[str], int]
+        count_long: Callable[[str], int]
         if backend is None:  # a slow (Python) tokenizer: no private copy to make
 
             def count(text: str) -> int:
                 ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)
                 return len(ids["input_ids"])
+
+            count_long = count
 
         else:
             from tokenizers import Tokenizer
@@ -244,13 +247,18 @@ class Embedder:
             def count(text: str) -> int:
                 return len(copy.encode(text, add_special_tokens=False).ids)
 
+            def count_long(text: str) -> int:
+                # The same count; `encode_batch` lets go of the GIL while it works (a prompt
+                # takes milliseconds), so the event loop and other questions run meanwhile.
+                return len(copy.encode_batch([text], add_special_tokens=False)[0].ids)
+
         # The splitter asks again and again about the same short pieces; prompts and whole
         # sections are long and asked once. Only short texts are memoised, so the cache is
         # bounded in bytes too (at most TOKEN_CACHE_ENTRIES x TOKEN_CACHE_MAX_CHARS).
         cached = functools.lru_cache(maxsize=TOKEN_CACHE_ENTRIES)(count)
 
         def token_length(text: str) -> int:
-            return cached(text) if len(text) <= TOKEN_CACHE_MAX_CHARS else count(text)
+            return cached(text) if len(text) <= TOKEN_CACHE_MAX_CHARS else count_long(text)
 
         return token_length
 

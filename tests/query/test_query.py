@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from app.models import Chatbot, ChatHistory, Customer, UsageToken
-from tests.factories import create_chatbot, register
+from tests.factories import add_user, create_chatbot, register
 from tests.fake_llm import prompt_tokens
 
 
@@ -342,6 +342,29 @@ def test_customer_query_checks_customer_and_ownership(bot, fake_llm, client, liv
     )
     assert as_self.status_code == 404
     assert httpx.post(url, json={"question": "Hi"}).status_code == 401
+
+
+def test_a_deleted_users_token_is_refused_by_the_question_routes(
+    bot, fake_llm, client, live_url, db_session
+):  # type: ignore[no-untyped-def]
+    tenant, chatbot, _ = bot
+    member = add_user(client, tenant)
+    url = f"{live_url}/api/{tenant.customer_id}/{chatbot['id']}/query"
+    asked = httpx.post(url, json={"question": "When is support open?"}, headers=member.headers)
+    assert asked.status_code == 200 and asked.json()["mode"] == "llm"
+    deleted = client.delete(f"/api/users/{member.user['id']}", headers=tenant.headers)
+    assert deleted.status_code == 204
+    before = _usage(db_session, tenant.customer["id"])
+    for path in (url, f"{live_url}/api/chatbots/{chatbot['id']}/demo"):
+        response = httpx.post(path, json={"question": "Hi"}, headers=member.headers)
+        assert response.status_code == 401, (path, response.text)
+        body = response.json()
+        assert body["code"] == "not_authenticated"
+        assert body["detail"] == "The token's user no longer exists; sign in again."
+    # The owner's own question still goes through; the refused ones charged nothing.
+    assert _usage(db_session, tenant.customer["id"]) == before
+    mine = httpx.post(url, json={"question": "When is support open?"}, headers=tenant.headers)
+    assert mine.status_code == 200
 
 
 def test_concurrent_queries_never_overspend(
