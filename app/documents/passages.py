@@ -291,40 +291,47 @@ def _hit(
 
 # PostgreSQL ranks by term frequency alone (ts_rank has no inverse document frequency), so
 # "Which entry has code 2029969?" would favour the passages saying "entry" most often. Each
-# of the question's lexemes is weighted by its BM25 idf within the chatbot: the passages
-# holding it counted from the GIN index, up to IDF_COUNT_CAP (a word that common weighs next
-# to nothing anyway, and the cap bounds the cost of common words in big chatbots), out of the
-# chunks of the chatbot's ready documents.
-IDF_COUNT_CAP = 10_000
+# of the question's lexemes is weighted by its BM25 idf within the chatbot, out of the chunks
+# of the chatbot's ready documents. The chatbot's passages holding any of the lexemes are read
+# once (one any-word tsquery) and each is matched and ranked once per lexeme it holds; the
+# lexemes' document frequencies are counted from those same matches. (Counting each lexeme's
+# passages in a subquery of its own let the planner re-run it per joined row: 6-19 ms per
+# question on a 250-passage chatbot, 1.6 ms this way; 25 -> 17 ms on 20,000 passages.)
 # A lexeme becomes a one-word tsquery quoted as tsquery input wants it (\ and ' escaped), so
 # that it is matched as the index stored it, not parsed again.
 _POSTGRES_SEARCH = text(
     r"""
-    WITH terms AS (
-        SELECT CAST('''' || replace(replace(t.lexeme, '\', '\\'), '''', '''''') || ''''
-                    AS tsquery) AS query
+    WITH terms AS MATERIALIZED (
+        SELECT t.n, CAST('''' || replace(replace(t.lexeme, '\', '\\'), '''', '''''') || ''''
+                         AS tsquery) AS query
         FROM unnest(tsvector_to_array(to_tsvector(CAST(:config AS regconfig), :words)))
-             AS t(lexeme)
+             WITH ORDINALITY AS t(lexeme, n)
         LIMIT :max_terms
+    ),
+    candidates AS MATERIALIZED (
+        SELECT p.id, p.tsv FROM passages AS p
+        WHERE p.chatbot_id = :chatbot
+          AND p.tsv @@ (SELECT CAST(string_agg(CAST(query AS text), ' | ') AS tsquery)
+                        FROM terms)
+    ),
+    hits AS MATERIALIZED (
+        SELECT c.id, terms.n, ts_rank(c.tsv, terms.query, 1) AS rank
+        FROM candidates AS c JOIN terms ON c.tsv @@ terms.query
     ),
     total AS (
         SELECT greatest(coalesce(sum(chunk_count), 0), 1) AS n
         FROM documents WHERE chatbot_id = :chatbot AND status = :ready
     ),
     weights AS (
-        SELECT terms.query,
-               ln(1 + (greatest(total.n, df.n) - df.n + 0.5) / (df.n + 0.5)) AS idf
-        FROM terms CROSS JOIN total CROSS JOIN LATERAL (
-            SELECT count(*) AS n FROM (
-                SELECT 1 FROM passages
-                WHERE chatbot_id = :chatbot AND tsv @@ terms.query LIMIT :cap) AS capped
-        ) AS df
+        SELECT hits.n,
+               ln(1 + (greatest(total.n, count(*)) - count(*) + 0.5) / (count(*) + 0.5)) AS idf
+        FROM hits CROSS JOIN total
+        GROUP BY hits.n, total.n
     ),
     scored AS (
-        SELECT p.id, sum(w.idf * ts_rank(p.tsv, w.query, 1)) AS rank
-        FROM passages AS p JOIN weights AS w ON p.tsv @@ w.query
-        WHERE p.chatbot_id = :chatbot
-        GROUP BY p.id
+        SELECT hits.id, sum(weights.idf * hits.rank) AS rank
+        FROM hits JOIN weights ON weights.n = hits.n
+        GROUP BY hits.id
     )
     SELECT p.document_id, p.chunk_index, p.page, p.text, p.heading, d.filename, s.rank
     FROM scored AS s
@@ -347,7 +354,6 @@ def _search_postgres(
             "words": words,
             "max_terms": MAX_QUERY_TERMS,
             "chatbot": chatbot_id,
-            "cap": IDF_COUNT_CAP,
             "ready": DocumentStatus.ready.value,
             "limit": limit,
         },
