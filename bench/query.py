@@ -12,15 +12,17 @@ eval set is absent) to a chatbot and measures:
 2. the time from the fake LLM's first streamed chunk (timestamped where it is handed to the
    socket) to the client's first ``event: token`` (streaming requests, concurrency 1);
 3. after the server has stopped: the raw in-process cost of ``Embedder.embed_query`` +
-   Chroma ``collection.query(top_k)`` on the same questions, the same model and the server's
+   Chroma ``collection.query(top_k)`` on the same questions, the same model run as the server
+   runs it (its ``EMBEDDING_BACKEND``, ``EMBEDDING_QUANTIZE`` and exports) and the server's
    own Chroma folder (never two processes on one embedded Chroma). Server overhead = server
    p50 at concurrency 1 - that raw p50. With ``--interleave`` the embedding is also timed in
    this process right after each c=1 request (same machine load; the search still after the
    stop) and that figure is used instead.
 
 Every phase also reports the share of the machine's CPU that other processes used
-(``CpuMeter`` of bench/_server.py): on a shared machine above ~10 % the latencies are
-inflated and the overhead is not trustworthy. A figure that other processes barely move:
+(``CpuMeter`` of bench/_server.py; with ``--postgres`` that includes PostgreSQL's own work
+for the requests): on a shared machine above ~10 % the latencies are inflated and the
+overhead is not trustworthy. A figure that other processes barely move:
 the server process's CPU time per request at c=1 against the raw loop's CPU time per query;
 it is meaningful with one torch thread on both sides (``--env OMP_NUM_THREADS=1``; with two,
 OpenMP spin-waiting is counted as CPU). On a busy machine the fairest wall-clock comparison
@@ -469,15 +471,13 @@ class InterleavedEmbedder:
     """The same model in this process, timing ``embed_query`` right after each c=1 request,
     so the raw embedding cost is measured under the same machine load as the request."""
 
-    def __init__(self, model: str, torch_threads: int | None = None):
+    def __init__(self, model: str, env: dict[str, str], torch_threads: int | None = None):
         import torch
 
-        from app.rag.embeddings import Embedder
-
-        self.embedder = Embedder(model)
-        self.embedder.load()
-        if torch_threads:
+        if torch_threads:  # before loading: an exported model takes its thread count then
             torch.set_num_threads(torch_threads)
+        self.embedder = server_embedder(model, env)
+        self.embedder.load()
         for _ in range(3):  # warm-up
             self.embedder.embed_query("warm-up question about the documents")
         self.timings: list[tuple[str, float, list[float]]] = []
@@ -488,6 +488,26 @@ class InterleavedEmbedder:
         self.timings.append((question, _now() - started, vector))
 
 
+def server_embedder(model: str, env: dict[str, str]) -> Any:
+    """The model as the server runs it: the same EMBEDDING_BACKEND, EMBEDDING_QUANTIZE and
+    export folder (the server's environment, else the settings' defaults), so the raw figure
+    is that of the same model variant, not of torch against an exported model."""
+    from app.core.config import Settings
+    from app.rag.embeddings import Embedder
+
+    fields = Settings.model_fields
+
+    def setting(name: str) -> str:
+        return env.get(name) or str(fields[name].default)
+
+    return Embedder(
+        model,
+        backend=setting("EMBEDDING_BACKEND"),
+        quantize=setting("EMBEDDING_QUANTIZE"),
+        cache_dir=setting("EMBEDDING_CACHE_DIR"),
+    )
+
+
 def raw_cost(
     chroma_path: Path,
     chatbot_id: str,
@@ -495,6 +515,7 @@ def raw_cost(
     top_k: int,
     questions: list[str],
     interleaved: list[tuple[str, float, list[float]]],
+    env: dict[str, str],
     torch_threads: int | None = None,
 ) -> dict[str, Any]:
     """After the server stopped, on its Chroma folder: search for the interleaved vectors
@@ -505,13 +526,12 @@ def raw_cost(
     import torch
     from chromadb.config import Settings as ChromaSettings
 
-    from app.rag.embeddings import Embedder
     from app.rag.vector_store import VectorStore
 
-    embedder = Embedder(model)
-    embedder.load()
-    if torch_threads:
+    if torch_threads:  # before loading: an exported model takes its thread count then
         torch.set_num_threads(torch_threads)
+    embedder = server_embedder(model, env)
+    embedder.load()
     client = chromadb.PersistentClient(
         path=str(chroma_path), settings=ChromaSettings(anonymized_telemetry=False)
     )
@@ -537,6 +557,7 @@ def raw_cost(
     out: dict[str, Any] = {
         "questions": len(questions),
         "torch_threads": torch.get_num_threads(),
+        "backend": embedder.backend,
         "chunks": collection.count(),
     }
     if interleaved:
@@ -798,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
         c1_questions: list[str] = []
         interleaved: InterleavedEmbedder | None = None
         if 1 in levels and args.interleave:
-            interleaved = InterleavedEmbedder(args.model, torch_threads)
+            interleaved = InterleavedEmbedder(args.model, server.env, torch_threads)
         offset = 0
         for level in levels:
             count = args.requests_c1 if level == 1 else args.requests
@@ -872,6 +893,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.top_k,
                 c1_questions,
                 interleaved.timings if interleaved is not None else [],
+                server.env,
                 torch_threads,
             )
         figures["raw"]["other_cpu_share"] = others_share(meter)
@@ -921,7 +943,7 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
 
     print(
         f"\n== raw in-process Embedder.embed_query + Chroma collection.query(top_k="
-        f"{figures['top_k']}), {raw['torch_threads']} torch threads =="
+        f"{figures['top_k']}), {raw['backend']}, {raw['torch_threads']} threads =="
     )
     rows = [("after_stop", "all after the server stopped")]
     if "interleaved" in raw:
