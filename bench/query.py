@@ -819,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
         c1_questions: list[str] = []
         interleaved: InterleavedEmbedder | None = None
         if 1 in levels and args.interleave:
-            interleaved = InterleavedEmbedder(args.model, server.env, torch_threads)
+            interleaved = InterleavedEmbedder(args.model, server.env(), torch_threads)
         offset = 0
         for level in levels:
             count = args.requests_c1 if level == 1 else args.requests
@@ -893,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.top_k,
                 c1_questions,
                 interleaved.timings if interleaved is not None else [],
-                server.env,
+                server.env(),
                 torch_threads,
             )
         figures["raw"]["other_cpu_share"] = others_share(meter)
