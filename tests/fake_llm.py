@@ -180,8 +180,11 @@ class FakeLLMServer:
         if self._thread is not None:
             raise RuntimeError("FakeLLMServer already started")
         # Binding here (port 0) rather than in uvicorn lets base_url be known up front
-        # and avoids a pick-a-free-port race.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # and avoids a pick-a-free-port race. IPPROTO_TCP named explicitly: asyncio turns
+        # Nagle's algorithm off (TCP_NODELAY) only on sockets that say they are TCP, and
+        # without it every response's body waited ~40 ms for the client's delayed ACK of the
+        # headers (a stall no real server has: uvicorn's own sockets say so).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         sock.listen(512)
