@@ -1,8 +1,9 @@
 """Retrieval quality through the real query path, per retrieval mode, against the model's ceiling.
 
-One server (uvicorn subprocess, SQLite with FTS5, embedded Chroma, all in a temporary folder,
-no LLM: extractive mode, only ``sources`` are read). Per language (en, de) a chatbot gets
-``xquad/derived/articles.<lang>.md`` (48 articles, 240 passages) and answers every question
+One server (uvicorn subprocess, SQLite with FTS5 or ``--postgres``, embedded Chroma, all in a
+temporary folder, no LLM: extractive mode, only ``sources`` are read). Per language (en, de)
+a chatbot gets ``xquad/derived/articles.<lang>.md`` (48 articles, 240 passages) and answers
+every question
 (1190) through ``POST /api/public/{id}/query`` in each retrieval mode (dense, lexical, hybrid:
 the chatbot's ``retrieval_mode`` switched between passes); a third chatbot gets the documents
 of the exact-match set (``bench/exact_questions.jsonl``, built by
@@ -73,6 +74,7 @@ DEFAULT_EVAL = (REPO.parent / "shared" / "eval").resolve()
 DEFAULT_CORPUS = (REPO.parent / "shared" / "corpus").resolve()
 DEFAULT_EXACT = REPO / "bench" / "exact_questions.jsonl"
 MODES = ("dense", "lexical", "hybrid")
+PG_LANGUAGES = {"en": "english", "de": "german"}  # with --postgres
 # hybrid answer-in-context@k over the ceiling's, per language; the exact-match share; and
 # what hybrid may add to the p50 of dense.
 TARGETS = {"en": 1.00, "de": 1.10}
@@ -595,15 +597,26 @@ def run_pipeline(
     """One server: a chatbot per language (its article) and one with the exact-match
     documents; every question through the API in every mode (the chatbot's retrieval_mode
     switched between passes)."""
-    server = BenchServer(model=args.model, extra_env=extra_env, keep=args.keep)
+    server = BenchServer(
+        model=args.model, extra_env=extra_env, keep=args.keep, postgres=args.postgres
+    )
     out: dict[str, Any] = {"langs": {}, "exact": None}
     try:
         started = _now()
         server.start()
         print(f"server ready on {server.base_url} in {_now() - started:.1f} s")
         tenant = server.register_tenant()
+        # On PostgreSQL each chatbot's full-text configuration is its language's (stemming,
+        # stop words), as a business would set it; SQLite's FTS5 has one for all.
         uploads: dict[str, tuple[dict[str, Any], list[Path]]] = {
-            lang: (server.create_chatbot(tenant, top_k=k_max), [data["paths"]["articles"]])
+            lang: (
+                server.create_chatbot(
+                    tenant,
+                    top_k=k_max,
+                    **({"language": PG_LANGUAGES[lang]} if args.postgres else {}),
+                ),
+                [data["paths"]["articles"]],
+            )
             for lang, data in datasets.items()
         }
         if exact is not None:
@@ -722,6 +735,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--limit", type=int, help="ask only the first N questions")
     parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="the server on a fresh PostgreSQL database (full-text search in each chatbot's "
+        "language) instead of SQLite with FTS5",
+    )
+    parser.add_argument(
         "--show-lost", type=int, default=5, help="lost questions to print (default 5)"
     )
     add_run_options(parser, "CHUNK_SIZE=128")
@@ -756,7 +775,8 @@ def main(argv: list[str] | None = None) -> int:
     if exact is not None:
         print(f"exact-match: {len(exact['queries'])} questions over {len(exact['files'])} files")
     print(
-        f"server settings: model {args.model}, SQLite, extractive mode (no FIREWORKS_API_KEY), "
+        f"server settings: model {args.model}, {'PostgreSQL' if args.postgres else 'SQLite'}, "
+        "extractive mode (no FIREWORKS_API_KEY), "
         + ", ".join(f"{k}={v}" for k, v in extra_env.items())
     )
 
