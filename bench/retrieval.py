@@ -3,9 +3,9 @@
 One server (uvicorn subprocess, SQLite with FTS5 or ``--postgres``, embedded Chroma, all in a
 temporary folder, no LLM: extractive mode, only ``sources`` are read). Per language (en, de)
 a chatbot gets ``xquad/derived/articles.<lang>.md`` (48 articles, 240 passages) and answers
-every question
-(1190) through ``POST /api/public/{id}/query`` in each retrieval mode (dense, lexical, hybrid:
-the chatbot's ``retrieval_mode`` switched between passes); a third chatbot gets the documents
+every question (1190) through ``POST /api/public/{id}/query`` in each retrieval mode (dense,
+lexical, hybrid: the chatbot's ``retrieval_mode`` switched between passes; with
+``--postgres`` the chatbot's ``language`` is english or german); a third chatbot gets the documents
 of the exact-match set (``bench/exact_questions.jsonl``, built by
 ``bench/exact_questions.py`` from ../shared/corpus) and answers those questions the same way.
 Reported per mode: answer-in-context@1/@5/@10 (the share of questions whose gold answer string
