@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -334,17 +334,45 @@ class ExportedEncoder:
     """``encode`` as sentence-transformers does it (length-sorted batches, the same
     tokenisation), on an exported model; L2-normalised float32 rows in the input order."""
 
-    def __init__(self, model: SentenceTransformer, runner: Runner, variant: Variant, folder: Path):
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        runner: Runner,
+        variant: Variant,
+        folder: Path,
+        passage_runner: Callable[[], Runner] | None = None,
+    ):
         self.model = model
         self.runner = runner
+        # Passages (ingestion) on a compiled model of their own, made on first use: one
+        # OpenVINO compiled model runs one request at a time, so a question would otherwise
+        # wait behind a whole batch of passages (0.5 s p50 while a large document was
+        # embedded). Made in the ingesting thread, its threads take that thread's lowered
+        # priority (INGEST_NICE), so questions keep the CPU first.
+        self._passage_factory = passage_runner
+        self._passage_runner: Runner | None = None
+        self._passage_lock = threading.Lock()
         self.variant = variant
         self.folder = folder
         self.names = _input_names(model)
         self.pad_id = int(getattr(model.tokenizer, "pad_token_id", None) or 0)
         self.max_length = int(model.max_seq_length or 1 << 30)
 
-    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    def passages_runner(self) -> Runner:
+        if self._passage_factory is None:
+            return self.runner
+        with self._passage_lock:
+            if self._passage_runner is None:
+                self._passage_runner = self._passage_factory()
+            return self._passage_runner
+
+    def encode(
+        self, texts: Sequence[str], batch_size: int, *, passages: bool = False
+    ) -> np.ndarray:
+        """Vectors of `texts`; `passages`: on the ingestion's compiled model."""
         import numpy as np
+
+        runner = self.passages_runner() if passages else self.runner
 
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = np.empty((len(texts), 0), dtype=np.float32)
@@ -355,7 +383,7 @@ class ExportedEncoder:
             start += size
             inputs = tokenize(self.model, batch, self.names)
             inputs = pad_length(inputs, LENGTH_STEP, self.max_length, self.pad_id)
-            rows.append(np.asarray(self.runner(inputs)))
+            rows.append(np.asarray(runner(inputs)))
         if rows:
             stacked = np.concatenate(rows).astype(np.float32, copy=False)
             norms = np.linalg.norm(stacked, axis=1, keepdims=True)

@@ -148,8 +148,14 @@ class Embedder:
         folder, built = embedding_backends.build(
             model, self.model_name, self._source, variant, self.cache_dir
         )
-        runner = embedding_backends.load_runner(folder, variant, torch_threads())
-        return ExportedEncoder(model, runner, variant, folder), built
+        threads = torch_threads()
+        runner = embedding_backends.load_runner(folder, variant, threads)
+        passage_runner = (
+            (lambda: embedding_backends.load_runner(folder, variant, threads))
+            if variant.backend == "openvino"
+            else None
+        )
+        return ExportedEncoder(model, runner, variant, folder, passage_runner), built
 
     @property
     def backend(self) -> str:
@@ -188,7 +194,7 @@ class Embedder:
     # --- text to vectors ---
     def embed_passages(self, texts: Sequence[str]) -> list[list[float]]:
         prefixed = [f"passage: {t}" for t in texts] if self.is_e5 else list(texts)
-        return self._encode(prefixed)
+        return self._encode(prefixed, passages=True)
 
     def embed_query(self, text: str) -> list[float]:
         return self.embed_queries([text])[0]
@@ -197,12 +203,13 @@ class Embedder:
         """Several questions in one call (one batch through the backend): `embed_query` each."""
         return self._encode([f"query: {t}" if self.is_e5 else t for t in texts])
 
-    def _encode(self, texts: list[str]) -> list[list[float]]:
+    def _encode(self, texts: list[str], passages: bool = False) -> list[list[float]]:
         if not texts:
             return []
         model = self.model  # loads it (and the export) on first use
         if self._exported is not None:
-            return self._exported.encode(texts, self.batch_size).tolist()  # type: ignore[no-any-return]
+            exported = self._exported.encode(texts, self.batch_size, passages=passages)
+            return exported.tolist()  # type: ignore[no-any-return]
         vectors: Any = model.encode(
             texts,
             batch_size=self.batch_size,

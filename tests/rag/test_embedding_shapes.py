@@ -1,7 +1,11 @@
 """The shapes an exported model is run on: batches cut into powers of two, padded to a multiple
-of LENGTH_STEP tokens, so a long-lived process sees a bounded set of input shapes."""
+of LENGTH_STEP tokens, so a long-lived process sees a bounded set of input shapes; and the
+passages' own compiled model, so questions never queue behind ingestion."""
 
 from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -78,3 +82,42 @@ def test_texts_of_every_length_reach_the_model_in_few_shapes(sentence_model):
     ]
     got = [round(float(v[0] / v[1] * 1000.0)) for v in vectors]
     assert got == expected
+
+
+def test_a_question_does_not_wait_behind_a_batch_of_passages(sentence_model):
+    # One compiled OpenVINO model runs one request at a time: passages get a runner of their
+    # own, so a question embeds while a batch of passages is still running.
+    inside, release = threading.Event(), threading.Event()
+    made: list[str] = []
+
+    def query_runner(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.ones((inputs["input_ids"].shape[0], 4), dtype=np.float32)
+
+    def passage_runner(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        inside.set()
+        assert release.wait(30), "the test never released the passages"
+        return np.ones((inputs["input_ids"].shape[0], 4), dtype=np.float32)
+
+    def make_passage_runner():  # type: ignore[no-untyped-def]
+        made.append(threading.current_thread().name)
+        return passage_runner
+
+    encoder = ExportedEncoder(
+        sentence_model,
+        query_runner,
+        Variant("openvino", "int8"),
+        None,  # type: ignore[arg-type]
+        passage_runner=make_passage_runner,
+    )
+    with ThreadPoolExecutor(1, thread_name_prefix="ingest") as pool:
+        passages = pool.submit(encoder.encode, ["a passage"] * 8, 32, passages=True)
+        assert inside.wait(30)
+        question = encoder.encode(["a question"], 32)  # returns while the passages run
+        assert question.shape == (1, 4)
+        assert not passages.done()
+        release.set()
+        assert passages.result(30).shape == (8, 4)
+    # Made once, lazily, by the ingesting thread (whose lowered priority its threads take).
+    assert made == ["ingest_0"]
+    encoder.encode(["another passage"], 32, passages=True)
+    assert made == ["ingest_0"]
