@@ -21,13 +21,19 @@ def test_embeddings_are_normalised_and_e5_prefixes_apply(runtime, monkeypatch):
     assert len(vector) == embedder.dimension == 384
     assert abs(sum(x * x for x in vector) - 1.0) < 1e-4
     assert embedder.is_e5 is False
-    seen: list[list[str]] = []
+    seen: list[tuple[list[str], bool]] = []
     e5 = Embedder("intfloat/multilingual-e5-large")
     assert e5.is_e5 is True
-    monkeypatch.setattr(e5, "_encode", lambda texts: seen.append(texts) or [[0.0]] * len(texts))
+
+    def encode(texts: list[str], passages: bool = False) -> list[list[float]]:
+        seen.append((texts, passages))
+        return [[0.0]] * len(texts)
+
+    monkeypatch.setattr(e5, "_encode", encode)
     e5.embed_query("hello")
     e5.embed_passages(["a", "b"])
-    assert seen == [["query: hello"], ["passage: a", "passage: b"]]
+    # Passages go to the ingestion's compiled model (an exported backend), questions not.
+    assert seen == [(["query: hello"], False), (["passage: a", "passage: b"], True)]
 
 
 def test_unloadable_model_fails_clearly_and_fast():
