@@ -129,9 +129,13 @@ class Runtime:
         }
 
 
-def build_ingestion_clients(settings: Settings) -> tuple[Embedder, VectorStore, Sandbox]:
+def build_ingestion_clients(
+    settings: Settings, *, answers_questions: bool = True
+) -> tuple[Embedder, VectorStore, Sandbox]:
     """What every ingesting process builds once (the API's runtime, a standalone worker):
-    the model, the store and the extraction sandbox (its processes start on first use)."""
+    the model, the store and the extraction sandbox (its processes start on first use).
+    A process that never answers questions (a standalone worker) embeds passages on the
+    model's one compiled copy rather than a second one of their own."""
     embedder = Embedder(
         settings.EMBEDDING_MODEL,
         settings.EMBEDDING_DEVICE,
@@ -139,6 +143,7 @@ def build_ingestion_clients(settings: Settings) -> tuple[Embedder, VectorStore, 
         backend=settings.EMBEDDING_BACKEND,
         quantize=settings.EMBEDDING_QUANTIZE,
         cache_dir=settings.EMBEDDING_CACHE_DIR,
+        separate_passage_model=answers_questions,
     )
     store = VectorStore(
         path=None if settings.CHROMA_URL else settings.CHROMA_PATH,

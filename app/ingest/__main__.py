@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             settings.WORKER_METRICS_PORT,
         )
     db = get_database()
-    embedder, store, sandbox = build_ingestion_clients(settings)
+    embedder, store, sandbox = build_ingestion_clients(settings, answers_questions=False)
     embedder.load()
     workers = [
         IngestWorker(settings, db, embedder, store, sandbox)

@@ -363,7 +363,12 @@ class ExportedEncoder:
             return self.runner
         with self._passage_lock:
             if self._passage_runner is None:
-                self._passage_runner = self._passage_factory()
+                try:
+                    self._passage_runner = self._passage_factory()
+                except Exception as exc:  # e.g. out of memory: share the questions' model
+                    reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+                    log.warning("passages share the questions' compiled model: %s", reason)
+                    self._passage_runner = self.runner
             return self._passage_runner
 
     def encode(

@@ -73,12 +73,15 @@ class Embedder:
         backend: str = "torch",
         quantize: str = "none",
         cache_dir: Path | str = Path("embedding_cache"),
+        separate_passage_model: bool = True,
     ):
         self.model_name, self._source = resolve_model(model_name)
         self.device = device
         self.batch_size = batch_size
         self.requested = None if backend == "torch" else Variant(backend, quantize)
         self.cache_dir = Path(cache_dir)
+        # OpenVINO: passages on a compiled model of their own (see ExportedEncoder).
+        self.separate_passage_model = separate_passage_model
         self._exported: ExportedEncoder | None = None
         self.is_e5 = "e5" in self.model_name.lower().replace("\\", "/").split("/")[-1]
         self._model: SentenceTransformer | None = None
@@ -152,7 +155,7 @@ class Embedder:
         runner = embedding_backends.load_runner(folder, variant, threads)
         passage_runner = (
             (lambda: embedding_backends.load_runner(folder, variant, threads))
-            if variant.backend == "openvino"
+            if variant.backend == "openvino" and self.separate_passage_model
             else None
         )
         return ExportedEncoder(model, runner, variant, folder, passage_runner), built

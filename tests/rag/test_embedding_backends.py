@@ -179,3 +179,27 @@ def test_the_calibration_set_is_shipped_and_multilingual():
     passages = calibration_passages()
     assert len(passages) >= 150
     assert any(" der " in p for p in passages) and any(" the " in p for p in passages)
+
+
+def test_passages_get_their_own_compiled_model_only_where_questions_are_answered(cache_dir):
+    api = Embedder("minilm", backend="openvino", quantize="int8", cache_dir=cache_dir)
+    worker = Embedder(
+        "minilm",
+        backend="openvino",
+        quantize="int8",
+        cache_dir=cache_dir,
+        separate_passage_model=False,  # python -m app.ingest: passages only
+    )
+    for embedder in (api, worker):
+        embedder.load()
+        assert embedder.backend == "openvino-int8"
+    as_passages = np.asarray(api.embed_passages(PASSAGES))
+    assert api._exported is not None and worker._exported is not None
+    # The API process made a second compiled model for passages, and it gives the same
+    # vectors as the questions' model.
+    assert api._exported.passages_runner() is not api._exported.runner
+    as_questions = np.asarray(api._exported.encode(PASSAGES, api.batch_size))
+    assert np.abs(as_passages - as_questions).max() < 1e-5
+    # The worker keeps one.
+    worker.embed_passages(PASSAGES)
+    assert worker._exported.passages_runner() is worker._exported.runner

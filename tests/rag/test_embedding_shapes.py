@@ -121,3 +121,27 @@ def test_a_question_does_not_wait_behind_a_batch_of_passages(sentence_model):
     assert made == ["ingest_0"]
     encoder.encode(["another passage"], 32, passages=True)
     assert made == ["ingest_0"]
+
+
+def test_passages_share_the_model_when_their_own_cannot_be_made(sentence_model, caplog):
+    calls: list[str] = []
+
+    def query_runner(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        calls.append("query")
+        return np.ones((inputs["input_ids"].shape[0], 4), dtype=np.float32)
+
+    def cannot_compile():  # type: ignore[no-untyped-def]
+        raise RuntimeError("out of memory compiling the model")
+
+    encoder = ExportedEncoder(
+        sentence_model,
+        query_runner,
+        Variant("openvino", "int8"),
+        None,  # type: ignore[arg-type]
+        passage_runner=cannot_compile,
+    )
+    with caplog.at_level("WARNING", logger="app.rag.embeddings"):
+        vectors = encoder.encode(["a passage", "another"], 32, passages=True)
+    assert vectors.shape == (2, 4)
+    assert calls == ["query"]  # the questions' model served the passages
+    assert "passages share the questions' compiled model: out of memory" in caplog.text
