@@ -135,6 +135,39 @@ class LayoutCpuMeter(CpuMeter):
         return ours
 
 
+STAGES = ("embed", "search", "first_token", "total")
+
+
+def query_stage_totals(server: BenchServer) -> dict[str, tuple[float, float]]:
+    """The server's `chatbot_query_seconds` (sum, count) by stage, from its /metrics."""
+    totals: dict[str, list[float]] = {stage: [0.0, 0.0] for stage in STAGES}
+    text = server.client.get("/metrics").text
+    for line in text.splitlines():
+        if not line.startswith(("chatbot_query_seconds_sum{", "chatbot_query_seconds_count{")):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        stage = name_labels.split('stage="', 1)[1].split('"', 1)[0]
+        if stage in totals:
+            totals[stage][0 if "_sum{" in name_labels else 1] = float(value)
+    return {stage: (sums, count) for stage, (sums, count) in totals.items()}
+
+
+def stage_means_ms(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    """Mean milliseconds per stage between two /metrics reads (the questions in between)."""
+    means = {}
+    for stage in STAGES:
+        count = after[stage][1] - before[stage][1]
+        if count > 0:
+            means[stage] = 1000.0 * (after[stage][0] - before[stage][0]) / count
+    return means
+
+
+def stage_note(means: dict[str, float]) -> str:
+    return ", ".join(f"{stage} {ms:.1f}" for stage, ms in means.items())
+
+
 def start_worker(server: BenchServer) -> subprocess.Popen[bytes]:
     """`python -m app.ingest` with the API's settings, in its own process group."""
     assert server.workdir is not None
@@ -265,9 +298,11 @@ def measure_layout(
             raise ServerError(f"upload refused: {response.status_code} {response.text[:300]}")
         server.wait_for_documents(tenant, bot["id"])
         url, headers = query_target(server.base_url, "public", tenant, bot)
+        stages = query_stage_totals(server)
         with LayoutCpuMeter(server, chroma.process if chroma else None, worker) as idle_meter:
             idle = asyncio.run(ask_until(url, headers, questions, count=args.requests_c1))
         idle["other_cpu_share"] = idle_meter.others_share
+        idle["stages_ms"] = stage_means_ms(stages, stages := query_stage_totals(server))
         response = server.upload(tenant, bot["id"], big)
         if response.status_code != 202:
             raise ServerError(f"upload refused: {response.status_code} {response.text[:300]}")
@@ -285,6 +320,7 @@ def measure_layout(
                 )
             )
         busy["other_cpu_share"] = busy_meter.others_share
+        busy["stages_ms"] = stage_means_ms(stages, query_stage_totals(server))
         docs = server.list_documents(tenant, bot["id"])
         busy["chunks"] = max(d.get("chunk_count") or 0 for d in docs)
         return {
@@ -320,8 +356,12 @@ def during_ingest(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             f"document: {big.name} ({big.stat().st_size / 1e3:.0f} kB, {args.ingest_pages} "
             f"pages of {PAGE_CHARS} characters); {args.requests_c1} idle questions at c=1"
         )
+        layouts = [x.strip() for x in args.layouts.split(",") if x.strip()]
+        unknown = sorted(set(layouts) - set(LAYOUTS))
+        if unknown:
+            parser.error(f"--layouts: unknown {', '.join(unknown)} (known: {', '.join(LAYOUTS)})")
         fake.start()
-        for layout in LAYOUTS:
+        for layout in layouts:
             result = measure_layout(parser, args, fake, layout, article, big, pool)
             figures["layouts"][layout] = result
             idle, during = result["idle"], result["during"]
@@ -331,7 +371,9 @@ def during_ingest(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                 f"{'':<8} during p50 {during['p50_ms']:6.1f} p95 {during['p95_ms']:6.1f} ms "
                 f"({during['ok']} ok, {during['errors']} errors; {during['chunks']} chunks "
                 f"{during['document_status']} in {during['ingest_seconds'] or float('nan'):.1f} s)"
-                f"{busy_note(during['other_cpu_share'])}"
+                f"{busy_note(during['other_cpu_share'])}\n"
+                f"{'':<8} server's mean ms per question, idle: {stage_note(idle['stages_ms'])}\n"
+                f"{'':<8} during: {stage_note(during['stages_ms'])}"
             )
     except KeyboardInterrupt:
         print("\ninterrupted")

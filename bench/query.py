@@ -742,6 +742,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ingest-pages", type=int, default=300, help="pages of the --during-ingest document"
     )
+    parser.add_argument(
+        "--layouts",
+        default="embedded,cluster",
+        help="--during-ingest: the layouts to run, comma-separated (embedded, cluster)",
+    )
     parser.add_argument("--target-overhead", type=float, default=TARGET_OVERHEAD_MS)
     parser.add_argument("--target-c8-ratio", type=float, default=TARGET_C8_RATIO)
     parser.add_argument("--target-ingest-ratio", type=float, default=TARGET_INGEST_RATIO)

@@ -292,8 +292,10 @@ def _hit(
 # PostgreSQL ranks by term frequency alone (ts_rank has no inverse document frequency), so
 # "Which entry has code 2029969?" would favour the passages saying "entry" most often. Each
 # of the question's lexemes is weighted by its BM25 idf within the chatbot, out of the chunks
-# of the chatbot's ready documents. The chatbot's passages holding any of the lexemes are read
-# once (one any-word tsquery) and each is matched and ranked once per lexeme it holds; the
+# of the chatbot's ready documents. The ready documents' passages holding any of the lexemes
+# are read once (one any-word tsquery; a document still being embedded adds no work: a
+# 1,450-chunk one made every question's search 2-3x slower while it was processed) and each
+# is matched and ranked once per lexeme it holds; the
 # lexemes' document frequencies are counted from those same matches. (Counting each lexeme's
 # passages in a subquery of its own let the planner re-run it per joined row: 4-11 ms per
 # question on a 250-passage chatbot, 1.6 ms this way; on 20,000 passages both 17-25 ms,
@@ -311,7 +313,8 @@ _POSTGRES_SEARCH = text(
     ),
     candidates AS MATERIALIZED (
         SELECT p.id, p.tsv FROM passages AS p
-        WHERE p.chatbot_id = :chatbot
+        JOIN documents AS d ON d.id = p.document_id
+        WHERE p.chatbot_id = :chatbot AND d.status = :ready
           AND p.tsv @@ (SELECT CAST(string_agg(CAST(query AS text), ' | ') AS tsquery)
                         FROM terms)
     ),
@@ -338,7 +341,6 @@ _POSTGRES_SEARCH = text(
     FROM scored AS s
     JOIN passages AS p ON p.id = s.id
     JOIN documents AS d ON d.id = p.document_id
-    WHERE d.status = :ready
     ORDER BY s.rank DESC, p.id
     LIMIT :limit
     """

@@ -48,17 +48,24 @@ class Job:
         return self.stored / len(self.chunks) if self.chunks else 0.0
 
 
-def lower_thread_priority(nice: int) -> None:
-    """Run this thread, and the threads and processes it starts from now on (torch's
-    OpenMP team, extraction), at `nice` (Linux: per thread): passages are embedded with
-    the CPU that questions leave, in the API's process or beside it on the same machine."""
-    if nice <= 0 or not hasattr(os, "setpriority"):
-        return
-    try:
-        current = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), max(current, nice))
-    except OSError as exc:
-        log.warning("cannot lower the ingest worker's CPU priority", extra={"reason": str(exc)})
+def lower_thread_priority(nice: int, idle: bool = False) -> None:
+    """Run this thread, and the threads and processes it starts from now on (the embedding
+    runtime's threads, extraction), at `nice` (Linux: per thread), and with `idle` under
+    SCHED_IDLE: then they get a core only when no ordinary thread wants it (the question's
+    threads, PostgreSQL's), not merely a smaller share of it. Passages are embedded with the
+    CPU that questions leave, in the API's process or beside it on the same machine."""
+    tid = threading.get_native_id()
+    if nice > 0 and hasattr(os, "setpriority"):
+        try:
+            current = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, max(current, nice))
+        except OSError as exc:
+            log.warning("cannot lower the ingest worker's CPU priority", extra={"reason": str(exc)})
+    if idle and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as exc:
+            log.warning("cannot run the ingest worker under SCHED_IDLE", extra={"reason": str(exc)})
 
 
 class IngestWorker:
@@ -91,7 +98,7 @@ class IngestWorker:
 
     # --- loop ---
     def run(self, stop: threading.Event) -> None:
-        lower_thread_priority(self.settings.INGEST_NICE)
+        lower_thread_priority(self.settings.INGEST_NICE, self.settings.INGEST_SCHED_IDLE)
         log.info("ingest worker started", extra={"worker": self.name})
         ahead: Future[list[Job] | None] | None = None
         with ThreadPoolExecutor(1, thread_name_prefix=f"prefetch-{self.name}") as prefetch:

@@ -348,7 +348,7 @@ class ExportedEncoder:
         # OpenVINO compiled model runs one request at a time, so a question would otherwise
         # wait behind a whole batch of passages (0.5 s p50 while a large document was
         # embedded). Made in the ingesting thread, its threads take that thread's lowered
-        # priority (INGEST_NICE), so questions keep the CPU first.
+        # priority (INGEST_NICE, INGEST_SCHED_IDLE), so questions keep the CPU first.
         self._passage_factory = passage_runner
         self._passage_runner: Runner | None = None
         self._passage_lock = threading.Lock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from app.core.db import get_database
-from app.ingest.worker import IngestWorker
+from app.ingest.worker import IngestWorker, lower_thread_priority
 from app.models import Document, DocumentStatus
 from tests import docgen
 from tests.factories import create_chatbot, register, upload, wait_for_document
@@ -419,3 +420,63 @@ def test_failed_document_can_be_uploaded_again(client, runtime, tmp_path, db_ses
     db_session.expire_all()
     assert db_session.get(Document, uuid.UUID(first["id"])) is None
     assert wait_for_document(client, tenant, bot["id"], again["id"])["status"] == "failed"
+
+
+class PolicyRecordingStore:
+    """The runtime's store, noting the scheduling of the thread that writes each batch."""
+
+    def __init__(self, store, stop: threading.Event):  # type: ignore[no-untyped-def]
+        self.store, self.stop, self.seen = store, stop, []
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.store, name)
+
+    def add(self, *args):  # type: ignore[no-untyped-def]
+        self.seen.append((os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)))
+        self.store.add(*args)
+        self.stop.set()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_the_worker_embeds_under_sched_idle_and_leaves_other_threads_alone(
+    client, paused_workers, tmp_path
+):
+    runtime = paused_workers
+    assert runtime.settings.INGEST_SCHED_IDLE and runtime.settings.INGEST_NICE == 10
+    tenant = register(client)
+    bot = create_chatbot(client, tenant)
+    doc = upload(client, tenant, bot["id"], docgen.make_md(tmp_path / "a.md", "Idle CPU only."))
+    stop = threading.Event()
+    store = PolicyRecordingStore(runtime.store, stop)
+    worker = IngestWorker(
+        runtime.settings, get_database(), runtime.embedder, store, runtime.sandbox, "idle"
+    )
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive()
+    assert store.seen and all(policy == os.SCHED_IDLE and nice >= 10 for policy, nice in store.seen)
+    # Only the worker's thread (and what it starts) was lowered.
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    assert wait_for_document(client, tenant, bot["id"], doc["id"])["status"] == "ready"
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_threads_started_by_a_lowered_thread_inherit_its_scheduling() -> None:
+    seen: dict[str, tuple[int, int]] = {}
+
+    def child() -> None:
+        seen["child"] = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+
+    def parent() -> None:
+        lower_thread_priority(7, idle=True)
+        seen["parent"] = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+        inner = threading.Thread(target=child)
+        inner.start()
+        inner.join()
+
+    outer = threading.Thread(target=parent)
+    outer.start()
+    outer.join()
+    assert seen == {"parent": (os.SCHED_IDLE, 7), "child": (os.SCHED_IDLE, 7)}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER

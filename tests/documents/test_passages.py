@@ -188,6 +188,19 @@ def test_a_rare_word_outweighs_common_ones(db: Database) -> None:
     assert _found(db, a, "Which entry has 2029969?")[0] == ("Geoname 2029969 belongs to Hokkaido.")
 
 
+def test_a_document_still_processing_neither_matches_nor_weighs(db: Database) -> None:
+    # "zeta" is the rarer word in the ready document. A document being embedded that repeats
+    # it must not make it common: its passages are not searched at all (on PostgreSQL; on
+    # SQLite FTS5 counts its statistics over the whole table, so only the first check holds).
+    a = _chatbot(db)
+    _document(db, a, ["Zeta valves are inspected yearly.", "Omega pumps run.", "Omega pumps."])
+    _document(db, a, [f"Zeta zeta zeta, note {n}." for n in range(12)], ready=False)
+    found = _found(db, a, "zeta omega")
+    assert len(found) == 3 and not any("note" in t for t in found)
+    if db.engine.dialect.name == "postgresql":
+        assert found[0] == "Zeta valves are inspected yearly."
+
+
 def test_stop_words_do_not_bury_a_name(db: Database) -> None:
     a = _chatbot(db)
     filler = [
