@@ -318,7 +318,10 @@
   };
 
   Widget.prototype.welcome = function () {
-    if (this.welcomeText) this.bubble("bot", this.welcomeText).classList.add("welcome");
+    if (!this.welcomeText) return;
+    var item = this.bubble("bot", this.welcomeText);
+    item.classList.add("welcome");
+    this.log.insertBefore(item, this.log.firstChild); // above a conversation already drawn
   };
 
   Widget.prototype.restore = function () {
@@ -395,7 +398,9 @@
     this.input.setAttribute("maxlength", String(this.maxLength));
     if (!this.title) this.titleEl.textContent = config.name;
     this.welcomeText = config.welcome_message || "";
-    if (first) this.restore(); // a re-check must not redraw the question in flight
+    // The conversation was drawn from storage at start: only the welcome is missing. Never
+    // redraw it here: a question asked before the config arrived would lose its answer.
+    if (first) this.welcome();
     this.setBlocked("");
     this.host.setAttribute("data-state", "ready");
     return true;

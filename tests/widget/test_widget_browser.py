@@ -171,6 +171,51 @@ def test_reload_keeps_the_conversation_and_follow_ups_share_the_session(
     expect(page.locator(QUESTIONS)).to_have_text(["You: Can I return an item?"])
 
 
+def test_a_question_asked_before_the_config_arrives_keeps_its_answer(
+    make_bot, fake_llm, context, site
+):
+    # The widget draws a saved conversation at once and fetches its config meanwhile; a
+    # visitor may ask before that config arrives. Its arrival must not redraw the log: the
+    # answer being streamed is not saved yet and its bubble would vanish.
+    _, chatbot, snippet = make_bot()
+    held: dict[str, Any] = {}
+
+    def hold(route: Any) -> None:
+        if route.request.method == "GET" and "config" not in held:
+            held["config"] = route
+        elif route.request.method == "POST" and "answer" not in held:
+            held["answer"] = route
+        else:
+            route.continue_()  # CORS preflights
+
+    fake_llm.set_reply(REPLY)
+    page = context.new_page()
+    page.route(f"**/api/public/{chatbot['id']}", hold)
+    page.route(f"**/api/public/{chatbot['id']}/query", hold)
+    page.goto(site.page("/shop", snippet))
+    page.locator(LAUNCHER).click()
+    answer = _ask(page, "How long is the warranty?")
+    # Route handlers run while Playwright is called: let it run until both requests are held.
+    for _ in range(1000):
+        if len(held) == 2:
+            break
+        page.wait_for_timeout(10)
+    assert set(held) == {"config", "answer"}
+    expect(page.locator(WIDGET)).not_to_have_attribute("data-state", "ready")
+    expect(answer).to_have_attribute("data-state", "waiting")
+    held["config"].continue_()
+    expect(page.locator(WIDGET)).to_have_attribute("data-state", "ready")
+    expect(page.locator(f"{WIDGET} .msg").first).to_contain_text(WELCOME)
+    expect(page.locator(ANSWERS)).to_have_count(1)
+    expect(answer).to_have_attribute("data-state", "waiting")
+    held["answer"].continue_()
+    expect(answer).to_have_attribute("data-state", "done")
+    expect(answer.locator(".text")).to_have_text(REPLY.replace("**", ""))
+    expect(page.locator(QUESTIONS)).to_have_text(["You: How long is the warranty?"])
+    page.reload()  # and it was saved
+    expect(page.locator(ANSWERS).locator(".text")).to_have_text([REPLY.replace("**", "")])
+
+
 HOSTILE = (
     "<style>* { all: unset !important; } div { display: none !important; } "
     "html, body, * { font-size: 72px !important; line-height: 3 !important; } "
