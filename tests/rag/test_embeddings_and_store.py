@@ -4,8 +4,16 @@ import uuid
 
 import pytest
 
-from app.rag.embeddings import PACKAGED_MINILM, Embedder, EmbeddingModelError, resolve_model
-from app.rag.vector_store import ChunkRecord, EmbeddingModelMismatch, VectorStore
+from app.query.service import count_tokens
+from app.rag.embeddings import (
+    PACKAGED_MINILM,
+    TOKEN_CACHE_MAX_CHARS,
+    Embedder,
+    EmbeddingModelError,
+    resolve_model,
+)
+from app.rag.prompting import build_messages
+from app.rag.vector_store import ChunkRecord, EmbeddingModelMismatch, Hit, VectorStore
 
 
 def test_packaged_minilm_aliases_resolve_to_the_wheel():
@@ -34,6 +42,28 @@ def test_embeddings_are_normalised_and_e5_prefixes_apply(runtime, monkeypatch):
     e5.embed_passages(["a", "b"])
     # Passages go to the ingestion's compiled model (an exported backend), questions not.
     assert seen == [(["query: hello"], False), (["passage: a", "passage: b"], True)]
+
+
+def test_a_prompt_is_counted_by_paragraphs_to_the_same_total(runtime):
+    embedder = runtime.embedder
+    tokenizer = embedder.model.tokenizer
+    hits = [
+        Hit(
+            id=f"d:{n}",
+            text=f"Passage {n}: the Acme Turbo blender, model AB-77{n}, has a 1200 watt motor.\n\n"
+            + "It comes with a two-year warranty and free returns within 30 days. " * 6,
+            score=0.5,
+            metadata={"document_id": "d", "filename": "faq.txt", "chunk_index": n},
+        )
+        for n in range(6)
+    ]
+    messages = build_messages("Be brief.", hits, [], "How strong is the motor?")
+    prompt = messages[-1]["content"]
+    assert len(prompt) > TOKEN_CACHE_MAX_CHARS  # counted in paragraphs, not whole
+    whole = len(tokenizer(prompt, add_special_tokens=False, truncation=False)["input_ids"])
+    assert count_tokens(embedder, prompt) == whole
+    assert count_tokens(embedder, prompt) == whole  # the second time from the memo
+    assert count_tokens(embedder, "") == 0
 
 
 def test_unloadable_model_fails_clearly_and_fast():
