@@ -81,10 +81,11 @@ class Settings(BaseSettings):
     # CPU priority (nice, 0-19) of ingestion threads: embedding passages yields the CPU to
     # questions (in the API process and beside it on one machine); 0 keeps the default.
     INGEST_NICE: int = Field(default=10, ge=0, le=19)
-    # Linux: ingestion threads also under SCHED_IDLE, so they run only on cores no other
-    # thread wants; on a machine that questions keep fully busy, documents wait (with nice
-    # alone they would get about a tenth of the CPU).
-    INGEST_SCHED_IDLE: bool = True
+    # Linux: ingestion threads (and what they start) also under SCHED_IDLE, so they run only
+    # on cores no other thread wants. Off by default: on a machine that questions keep fully
+    # busy, a document then makes almost no progress (nice alone leaves it about a tenth of
+    # the CPU), its lease can run out and a parse can reach EXTRACT_TIMEOUT_SECONDS.
+    INGEST_SCHED_IDLE: bool = False
     EXTRACT_TIMEOUT_SECONDS: int = Field(default=120, ge=1)
     EXTRACT_MAX_MEMORY_MB: int = Field(default=2048, ge=128)
     PDF_MAX_PAGES: int = Field(default=2000, ge=1)

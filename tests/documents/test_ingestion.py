@@ -438,26 +438,30 @@ class PolicyRecordingStore:
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
-def test_the_worker_embeds_under_sched_idle_and_leaves_other_threads_alone(
-    client, paused_workers, tmp_path
+@pytest.mark.parametrize("idle", [False, True], ids=["nice-only", "sched-idle"])
+def test_the_worker_embeds_at_its_lowered_priority_and_leaves_other_threads_alone(
+    client, paused_workers, tmp_path, idle
 ):
     runtime = paused_workers
-    assert runtime.settings.INGEST_SCHED_IDLE and runtime.settings.INGEST_NICE == 10
+    settings = runtime.settings.model_copy(update={"INGEST_SCHED_IDLE": idle})
+    assert settings.INGEST_NICE == 10
     tenant = register(client)
     bot = create_chatbot(client, tenant)
     doc = upload(client, tenant, bot["id"], docgen.make_md(tmp_path / "a.md", "Idle CPU only."))
     stop = threading.Event()
     store = PolicyRecordingStore(runtime.store, stop)
     worker = IngestWorker(
-        runtime.settings, get_database(), runtime.embedder, store, runtime.sandbox, "idle"
+        settings, get_database(), runtime.embedder, store, runtime.sandbox, "lowered"
     )
     thread = threading.Thread(target=worker.run, args=(stop,))
     thread.start()
     thread.join(120)
     assert not thread.is_alive()
-    assert store.seen and all(policy == os.SCHED_IDLE and nice >= 10 for policy, nice in store.seen)
+    policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+    assert store.seen and all(seen == (policy, 10) for seen in store.seen)
     # Only the worker's thread (and what it starts) was lowered.
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0
     assert wait_for_document(client, tenant, bot["id"], doc["id"])["status"] == "ready"
 
 
