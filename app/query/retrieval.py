@@ -31,23 +31,40 @@ def find_passages(
     mode: str,
     question: str,
     top_k: int,
-) -> list[Hit]:
+) -> tuple[list[Hit], set[uuid.UUID]]:
     """The chatbot's `top_k` passages for the question, given the vector store's
     `dense_depth()` nearest passages at or above MIN_SCORE (found before this transaction,
-    so no connection is held while the question is embedded). Dense mode returns them as
+    so no connection is held while the question is embedded), and the documents already
+    known to be `ready` (`citable` need not ask again). Dense mode returns the dense hits as
     they are (cosine scores); lexical and hybrid modes return fused scores (one ranking
     fused is its RRF). The lexical search runs in the caller's transaction."""
     if mode == "dense":
-        return dense_hits[:top_k]
+        return dense_hits[:top_k], set()
     depth = max(top_k, settings.RETRIEVAL_CANDIDATES)
     rankings: dict[str, list[Hit]] = {}
     if mode == "hybrid":
         rankings["dense"] = dense_hits
-    rankings["lexical"] = passages.search(session, chatbot_id, question, language, depth)
+    found = passages.lookup(
+        session,
+        chatbot_id,
+        question,
+        language,
+        depth,
+        settings.RETRIEVAL_EXACT_MAX_PASSAGES,
+        {doc for doc in map(document_of, dense_hits) if doc is not None},
+    )
+    rankings["lexical"] = found.ranked
     # A third ranking: the passages holding a rare exact term of the question. Fused like the
     # others, it lifts such a passage above the look-alikes both retrievers half agree on,
     # while a passage both rank first stays first.
-    rankings["exact"] = passages.exact_matches(
-        session, chatbot_id, question, language, settings.RETRIEVAL_EXACT_MAX_PASSAGES
-    )
-    return reciprocal_rank_fusion(rankings, top_k)
+    rankings["exact"] = found.exact
+    ready = set(found.ready)  # the lexical and exact hits are of ready documents only
+    ready.update(doc for doc in map(document_of, found.ranked + found.exact) if doc is not None)
+    return reciprocal_rank_fusion(rankings, top_k), ready
+
+
+def document_of(hit: Hit) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(hit.metadata.get("document_id", "")))
+    except ValueError:
+        return None

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -72,9 +72,10 @@ from app.core.metrics import ANSWERS, QUERY_SECONDS, TOKENS, observe_since
 from app.core.ratelimit import RateLimiter
 from app.core.schemas import PageParams
 from app.core.security import TokenClaims, api_keys_match
-from app.models import Chatbot, ChatHistory, Customer, Document, DocumentStatus, User
+from app.documents.passages import ready_documents
+from app.models import Chatbot, ChatHistory, Customer, User
 from app.models.base import utcnow
-from app.query.retrieval import dense_depth, find_passages
+from app.query.retrieval import dense_depth, document_of, find_passages
 from app.query.schemas import PublicChatbot
 from app.rag.batching import QueryEmbedder
 from app.rag.embeddings import TOKEN_CACHE_MAX_CHARS, Embedder
@@ -299,7 +300,7 @@ def prepare(
     depth = dense_depth(settings, mode, asker.top_k)
     dense_hits = _dense_hits(tools, asker, question, depth) if depth else []
     with tools.db.session() as session:
-        hits = find_passages(
+        hits, ready = find_passages(
             settings,
             session,
             dense_hits,
@@ -309,7 +310,7 @@ def prepare(
             question,
             asker.top_k,
         )
-        return _prepared(tools, session, asker, question, session_id, hits, started)
+        return _prepared(tools, session, asker, question, session_id, hits, ready, started)
 
 
 def _prepared(
@@ -319,10 +320,11 @@ def _prepared(
     question: str,
     session_id: str,
     hits: list[Hit],
+    ready: set[uuid.UUID],
     started: float,
 ) -> Prepared:
     settings = tools.settings
-    hits = citable(session, asker.chatbot_id, hits)
+    hits = citable(session, asker.chatbot_id, hits, ready)
     history = _recent_turns(
         session, asker.chatbot_id, session_id, settings.HISTORY_TURNS, settings.HISTORY_MAX_CHARS
     )
@@ -414,30 +416,20 @@ def _dense_hits(tools: QueryTools, asker: Asker, question: str, k: int) -> list[
     return [h for h in hits if h.score >= tools.settings.MIN_SCORE]
 
 
-def _document_id(hit: Hit) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(hit.metadata.get("document_id", "")))
-    except ValueError:
-        return None
-
-
-def citable(session: Session, chatbot_id: uuid.UUID, hits: list[Hit]) -> list[Hit]:
+def citable(
+    session: Session,
+    chatbot_id: uuid.UUID,
+    hits: list[Hit],
+    known_ready: Collection[uuid.UUID] = (),
+) -> list[Hit]:
     """Only passages of this chatbot's documents that exist and are `ready`: vectors a
     deletion left behind (the store was down) or a failed ingestion wrote are never cited.
-    One query by primary key."""
-    ids = {doc_id for doc_id in map(_document_id, hits) if doc_id is not None}
-    if not ids:
-        return []
-    ready = set(
-        session.scalars(
-            select(Document.id).where(
-                Document.id.in_(ids),
-                Document.chatbot_id == chatbot_id,
-                Document.status == DocumentStatus.ready,
-            )
-        )
-    )
-    return [hit for hit in hits if _document_id(hit) in ready]
+    Documents in `known_ready` (read in this transaction) are not asked about again; the
+    others in one query by primary key."""
+    ids = {doc_id for doc_id in map(document_of, hits) if doc_id is not None}
+    ready = ids & set(known_ready)
+    ready |= ready_documents(session, chatbot_id, ids - ready)
+    return [hit for hit in hits if document_of(hit) in ready]
 
 
 def _recent_turns(

@@ -16,11 +16,13 @@ from app.chatbots.service import update_chatbot
 from app.core.config import Settings
 from app.core.db import Database, get_database
 from app.documents.passages import (
+    Lookup,
     PassageText,
     count_passages,
     exact_matches,
     exact_terms,
     lexical_index_problem,
+    lookup,
     replace_passages,
     search,
 )
@@ -230,6 +232,32 @@ def test_exact_matches_are_the_passages_of_rare_exact_terms(db: Database) -> Non
         assert exact_matches(session, a, "Why does the Pump stop?", None) == []
         assert exact_matches(session, a, "what is e4711", None) == [hit]
     assert hit.id == f"{doc}:5" and hit.text == "Error E4711 means the Pump filter is blocked."
+
+
+def test_one_lookup_gives_the_ranking_the_exact_terms_and_the_ready_documents(
+    db: Database,
+) -> None:
+    a, b = _chatbot(db), _chatbot(db)
+    common = [f"Setting {n} of the Pump menu changes the flow." for n in range(5)]
+    doc = _document(db, a, [*common, "Error E4711 means the Pump filter is blocked."])
+    waiting = _document(db, a, ["Error E4711 in a document still processing."], ready=False)
+    other = _document(db, b, ["Error E4711 of tenant B."])
+    unknown = uuid.uuid4()
+    question = "What does the Pump say with E4711?"
+    with db.session() as session:
+        found = lookup(session, a, question, None, 10, 3, {doc, waiting, other, unknown})
+        # The same as the three separate reads.
+        assert found.ranked == search(session, a, question, None, 10)
+        assert found.exact == exact_matches(session, a, question, None, 3)
+        assert found.ready == {doc}
+        assert [h.id for h in found.exact] == [f"{doc}:5"]
+        assert len(found.ranked) == 6 and found.ranked[0].id == f"{doc}:5"
+        # Parts left out: no exact term, nothing to check, no word at all.
+        plain = lookup(session, a, "how does the flow change", None, 10, 3, set())
+        assert plain.exact == [] and plain.ready == set() and len(plain.ranked) == 5
+        assert lookup(session, a, "E4711", None, 10, 0, set()).exact == []
+        assert lookup(session, a, "?!", None, 10, 3, {doc}) == Lookup([], [], {doc})
+        assert lookup(session, a, "?!", None, 10, 3, set()) == Lookup([], [], set())
 
 
 def test_a_passage_keeps_its_heading(db: Database) -> None:
