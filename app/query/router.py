@@ -76,7 +76,9 @@ async def _answer(
 ) -> Response:
     """`admit` runs in the same worker thread as the preparation (one hop, not two)."""
     session_id = body.session_id or uuid.uuid4().hex
-    prepared = await to_thread.run_sync(service.prepare, tools, admit, body.question, session_id)
+    prepared = await to_thread.run_sync(
+        service.prepare, tools, admit, body.question, session_id, not body.session_id
+    )
     if body.stream or "text/event-stream" in request.headers.get("accept", ""):
         return AnswerStreamResponse(StreamedAnswer(tools, prepared))
 

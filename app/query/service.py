@@ -287,11 +287,16 @@ def check_question(settings: Settings, question: str) -> None:
 
 
 def prepare(
-    tools: QueryTools, admit: Callable[[], Asker], question: str, session_id: str
+    tools: QueryTools,
+    admit: Callable[[], Asker],
+    question: str,
+    session_id: str,
+    new_session: bool = False,
 ) -> Prepared:
     """`admit()` (its own short transaction), then the dense retrieval (no transaction open
     while embedding), then one transaction that runs the lexical search, reads what the
-    prompt needs and takes the reservation (or the demo slot)."""
+    prompt needs and takes the reservation (or the demo slot). `new_session`: the session id
+    was made for this question, so it has no earlier turns to read."""
     asker = admit()
     started = time.perf_counter()
     settings = tools.settings
@@ -310,7 +315,9 @@ def prepare(
             question,
             asker.top_k,
         )
-        return _prepared(tools, session, asker, question, session_id, hits, ready, started)
+        return _prepared(
+            tools, session, asker, question, session_id, new_session, hits, ready, started
+        )
 
 
 def _prepared(
@@ -319,14 +326,23 @@ def _prepared(
     asker: Asker,
     question: str,
     session_id: str,
+    new_session: bool,
     hits: list[Hit],
     ready: set[uuid.UUID],
     started: float,
 ) -> Prepared:
     settings = tools.settings
     hits = citable(session, asker.chatbot_id, hits, ready)
-    history = _recent_turns(
-        session, asker.chatbot_id, session_id, settings.HISTORY_TURNS, settings.HISTORY_MAX_CHARS
+    history = (
+        []
+        if new_session
+        else _recent_turns(
+            session,
+            asker.chatbot_id,
+            session_id,
+            settings.HISTORY_TURNS,
+            settings.HISTORY_MAX_CHARS,
+        )
     )
     if not hits:
         mode, messages, answer = "fallback", [], settings.FALLBACK_MESSAGE

@@ -10,8 +10,9 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
+from app.core.db import get_database
 from app.models import Chatbot, ChatHistory, Customer, UsageToken
 from tests.factories import add_user, create_chatbot, register
 from tests.fake_llm import prompt_tokens
@@ -278,6 +279,31 @@ def test_null_session_id_starts_a_session(bot, live_url):
     response = _public(live_url, chatbot, {"question": "Hi?", "session_id": None})
     assert response.status_code == 200
     assert len(response.json()["session_id"]) == 32
+
+
+def test_a_new_session_reads_no_history_and_a_follow_up_does(bot, fake_llm, live_url):
+    _, chatbot, _ = bot
+    fake_llm.set_reply("Nine to five.")
+    reads: list[str] = []
+
+    def note(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("SELECT") and "chat_history" in statement:
+            reads.append(statement)
+
+    engine = get_database().engine
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        first = _public(live_url, chatbot, {"question": "When is support open?"})
+        assert first.status_code == 200 and first.json()["mode"] == "llm"
+        assert reads == []  # the server made the session id: nothing to read
+        session_id = first.json()["session_id"]
+        again = _public(live_url, chatbot, {"question": "And on Sunday?", "session_id": session_id})
+        assert again.status_code == 200 and again.json()["session_id"] == session_id
+        assert len(reads) == 1
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    # The follow-up's prompt carried the first turn.
+    assert {"role": "assistant", "content": "Nine to five."} in fake_llm.requests[-1]["messages"]
 
 
 def test_unknown_chatbot_is_404(live_url):
