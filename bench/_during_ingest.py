@@ -302,7 +302,9 @@ def measure_layout(
         with LayoutCpuMeter(server, chroma.process if chroma else None, worker) as idle_meter:
             idle = asyncio.run(ask_until(url, headers, questions, count=args.requests_c1))
         idle["other_cpu_share"] = idle_meter.others_share
-        idle["stages_ms"] = stage_means_ms(stages, stages := query_stage_totals(server))
+        after_idle = query_stage_totals(server)
+        idle["stages_ms"] = stage_means_ms(stages, after_idle)
+        stages = after_idle
         response = server.upload(tenant, bot["id"], big)
         if response.status_code != 202:
             raise ServerError(f"upload refused: {response.status_code} {response.text[:300]}")
